@@ -1,0 +1,27 @@
+//! Inference backends. The batcher only knows this trait, so the ONNX Runtime
+//! backend can be swapped (another runtime, a fake in tests) without touching
+//! the queue or the transport.
+
+pub mod model;
+pub mod ort;
+
+pub use model::{ModelFile, ModelError};
+
+/// Number of classes the model scores.
+pub const CLASSES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error("model output has {got} values for a batch of {n}; expected {expected}")]
+    OutputShape { n: usize, got: usize, expected: usize },
+}
+
+/// One inference engine instance. `infer` takes `&mut self` because one
+/// instance runs on one worker thread at a time.
+pub trait Backend: Send {
+    /// Scores `n` images of 784 floats each (`input.len() == n * 784`) and
+    /// returns `n * 10` probabilities, row-major.
+    fn infer(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError>;
+}
