@@ -22,11 +22,15 @@ pub enum IdxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not found (looked for {tried}); pass the folder that holds the MNIST IDX files with --data-dir or MNIST_DIR")]
+    #[error(
+        "{path}: not found (looked for {tried}); pass the folder that holds the MNIST IDX files with --data-dir or MNIST_DIR"
+    )]
     Missing { path: PathBuf, tried: String },
     #[error("{path}: {what}")]
     Corrupt { path: PathBuf, what: String },
-    #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels; they must come from the same set")]
+    #[error(
+        "{images} holds {n_images} images but {labels} holds {n_labels} labels; they must come from the same set"
+    )]
     CountMismatch {
         images: PathBuf,
         labels: PathBuf,

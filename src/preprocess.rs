@@ -67,7 +67,9 @@ pub enum PreprocessError {
     Decode { format: String, reason: String },
     #[error("pixels must be at least 1x1, got {width}x{height}")]
     ZeroSize { width: u64, height: u64 },
-    #[error("pixels: width x height is {width}x{height} = {expected} but data has {got} bytes; send one byte per pixel, row-major")]
+    #[error(
+        "pixels: width x height is {width}x{height} = {expected} but data has {got} bytes; send one byte per pixel, row-major"
+    )]
     PixelCountMismatch {
         width: u64,
         height: u64,
@@ -76,7 +78,9 @@ pub enum PreprocessError {
     },
     #[error("mnist input must be exactly {PIXELS} bytes (28x28, one byte per pixel), got {got}")]
     MnistSize { got: usize },
-    #[error("image is blank: no ink stands out from the background (contrast {contrast} of 255, at least {MIN_CONTRAST} needed); send an image with a visible digit")]
+    #[error(
+        "image is blank: no ink stands out from the background (contrast {contrast} of 255, at least {MIN_CONTRAST} needed); send an image with a visible digit"
+    )]
     Blank { contrast: u32 },
 }
 
@@ -358,11 +362,23 @@ mod tests {
         let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
         assert!(bw.max(bh) >= 19 && bw.max(bh) <= 21, "box {bw}x{bh}");
         // The border of the 28x28 field stays background.
-        assert!(x0 >= 2 && y0 >= 2 && x1 <= 25 && y1 <= 25, "{x0},{y0},{x1},{y1}");
+        assert!(
+            x0 >= 2 && y0 >= 2 && x1 <= 25 && y1 <= 25,
+            "{x0},{y0},{x1},{y1}"
+        );
         let mass: f32 = img.iter().sum();
-        let cx: f32 = (0..PIXELS).map(|i| img[i] * ((i % SIDE) as f32 + 0.5)).sum::<f32>() / mass;
-        let cy: f32 = (0..PIXELS).map(|i| img[i] * ((i / SIDE) as f32 + 0.5)).sum::<f32>() / mass;
-        assert!((cx - 14.0).abs() <= 0.75 && (cy - 14.0).abs() <= 0.75, "com {cx},{cy}");
+        let cx: f32 = (0..PIXELS)
+            .map(|i| img[i] * ((i % SIDE) as f32 + 0.5))
+            .sum::<f32>()
+            / mass;
+        let cy: f32 = (0..PIXELS)
+            .map(|i| img[i] * ((i / SIDE) as f32 + 0.5))
+            .sum::<f32>()
+            / mass;
+        assert!(
+            (cx - 14.0).abs() <= 0.75 && (cy - 14.0).abs() <= 0.75,
+            "com {cx},{cy}"
+        );
     }
 
     #[test]
@@ -371,7 +387,11 @@ mod tests {
         let a = preprocess_encoded(&png(&digit_canvas(200, 200, 20, 240)), &lim).unwrap();
         let b = preprocess_encoded(&png(&digit_canvas(200, 200, 240, 20)), &lim).unwrap();
         assert_mnist_like(&a);
-        let diff: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let diff: f32 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(diff < 1e-4, "polarity changed the result by {diff}");
     }
 
@@ -441,7 +461,10 @@ mod tests {
             max_image_bytes: 100,
             max_pixels: 1000,
         };
-        assert_eq!(preprocess_encoded(&[], &lim), Err(PreprocessError::EmptyImage));
+        assert_eq!(
+            preprocess_encoded(&[], &lim),
+            Err(PreprocessError::EmptyImage)
+        );
         assert!(matches!(
             preprocess_encoded(&[1u8; 101], &lim),
             Err(PreprocessError::TooManyBytes { .. })
@@ -458,7 +481,10 @@ mod tests {
             preprocess_pixels(100, 100, &[0; 10000], &lim),
             Err(PreprocessError::TooManyPixels { .. })
         ));
-        assert!(matches!(normalize_mnist(&[0; 783]), Err(PreprocessError::MnistSize { got: 783 })));
+        assert!(matches!(
+            normalize_mnist(&[0; 783]),
+            Err(PreprocessError::MnistSize { got: 783 })
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod model;
 pub mod ort;
 
-pub use model::{ModelFile, ModelError};
+pub use model::{ModelError, ModelFile};
 
 /// Number of classes the model scores.
 pub const CLASSES: usize = 10;
@@ -15,7 +15,11 @@ pub enum BackendError {
     #[error("{0}")]
     Runtime(String),
     #[error("model output has {got} values for a batch of {n}; expected {expected}")]
-    OutputShape { n: usize, got: usize, expected: usize },
+    OutputShape {
+        n: usize,
+        got: usize,
+        expected: usize,
+    },
 }
 
 /// One inference engine instance. `infer` takes `&mut self` because one

@@ -11,7 +11,9 @@ use rand::Rng;
 use crate::preprocess::{MnistImage, PIXELS, SIDE};
 
 /// What to sample outside the source image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Fill {
     /// Repeat the nearest edge pixel (Keras' default).
     Nearest,

@@ -179,16 +179,26 @@ impl TrainArgs {
             problems.push(format!("--dropout must be in [0, 1), got {}", self.dropout));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            problems.push(format!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing));
+            problems.push(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
         }
         if !(0.0..=1.0).contains(&self.augment_prob) {
-            problems.push(format!("--augment-prob must be in [0, 1], got {}", self.augment_prob));
+            problems.push(format!(
+                "--augment-prob must be in [0, 1], got {}",
+                self.augment_prob
+            ));
         }
         if !(0.0..=180.0).contains(&self.rotation) {
-            problems.push(format!("--rotation must be in [0, 180] degrees, got {}", self.rotation));
+            problems.push(format!(
+                "--rotation must be in [0, 180] degrees, got {}",
+                self.rotation
+            ));
         }
         if !(0.0..1.0).contains(&self.width_shift) || !(0.0..1.0).contains(&self.height_shift) {
-            problems.push("--width-shift and --height-shift must be fractions in [0, 1)".to_string());
+            problems
+                .push("--width-shift and --height-shift must be fractions in [0, 1)".to_string());
         }
         if !(self.zoom_min > 0.0 && self.zoom_min <= self.zoom_max) {
             problems.push(format!(
@@ -197,7 +207,10 @@ impl TrainArgs {
             ));
         }
         if self.val_size == 0 || self.val_size >= 60_000 {
-            problems.push(format!("--val-size must be in 1..60000, got {}", self.val_size));
+            problems.push(format!(
+                "--val-size must be in 1..60000, got {}",
+                self.val_size
+            ));
         }
         if problems.is_empty() {
             Ok(())

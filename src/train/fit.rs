@@ -68,7 +68,9 @@ pub fn one_cycle(lr: f64, warmup: f64, step: usize, total: usize) -> f64 {
     let (start, end) = (lr / 25.0, lr / 25.0 / 1e4);
     let warm = ((total as f64) * warmup).max(1.0);
     let t = step as f64;
-    let cos = |from: f64, to: f64, frac: f64| to + (from - to) * (1.0 + (std::f64::consts::PI * frac.clamp(0.0, 1.0)).cos()) / 2.0;
+    let cos = |from: f64, to: f64, frac: f64| {
+        to + (from - to) * (1.0 + (std::f64::consts::PI * frac.clamp(0.0, 1.0)).cos()) / 2.0
+    };
     if t < warm {
         cos(start, lr, t / warm)
     } else {
@@ -100,7 +102,8 @@ impl Paths {
 fn atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Model in inference mode with the given weights file.
@@ -191,7 +194,14 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
     if args.resume && paths.state().is_file() {
         let saved: FitState = serde_json::from_slice(&std::fs::read(paths.state())?)
             .with_context(|| format!("reading {}", paths.state().display()))?;
-        for key in ["arch", "batch_size", "seed", "val_size", "train_limit", "no_augment"] {
+        for key in [
+            "arch",
+            "batch_size",
+            "seed",
+            "val_size",
+            "train_limit",
+            "no_augment",
+        ] {
             if saved.args.get(key) != state.args.get(key) {
                 bail!(
                     "cannot resume from {}: --{} was {} there and is {} now; use another --out or the same flags",
@@ -239,12 +249,16 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         }
         // Everything random in an epoch derives from (seed, epoch), so a
         // resumed run repeats exactly what an uninterrupted one would do.
-        let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let mut rng =
+            StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         ad.seed(args.seed.wrapping_add(epoch as u64 * 7919));
         let mut order = train_idx.clone();
         order.shuffle(&mut rng);
         let strength = args.augment_strength(epoch);
-        let pb = progress(order.len() as u64, format!("epoch {}/{}", epoch + 1, args.epochs));
+        let pb = progress(
+            order.len() as u64,
+            format!("epoch {}/{}", epoch + 1, args.epochs),
+        );
         let started = Instant::now();
         let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = args.lr;
@@ -266,10 +280,16 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
             }
             let labels: Vec<i64> = batch.iter().map(|&i| i64::from(ds.labels[i])).collect();
             let x = Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), 1, 28, 28]), &ad);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch.len()]), &ad);
+            let y =
+                Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch.len()]), &ad);
             let out = model.forward(x);
             let loss = loss_fn.forward(out.clone(), y);
-            let loss_value = f64::from(loss.clone().into_data().as_slice::<f32>().expect("f32 loss")[0]);
+            let loss_value = f64::from(
+                loss.clone()
+                    .into_data()
+                    .as_slice::<f32>()
+                    .expect("f32 loss")[0],
+            );
             let logits = out.into_data();
             let logits = logits.as_slice::<f32>().expect("f32 logits");
             right += logits
@@ -278,21 +298,34 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
                 .filter(|(row, l)| argmax(row) == **l as usize)
                 .count();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = one_cycle(args.lr, args.warmup, epoch * steps_per_epoch + b, total_steps);
+            lr = one_cycle(
+                args.lr,
+                args.warmup,
+                epoch * steps_per_epoch + b,
+                total_steps,
+            );
             model = optim.step(lr, model, grads);
             loss_sum += loss_value * batch.len() as f64;
             seen += batch.len();
             pb.set_position(seen as u64);
-            pb.set_message(format!("loss {:.4} acc {:.4}", loss_sum / seen as f64, right as f64 / seen as f64));
+            pb.set_message(format!(
+                "loss {:.4} acc {:.4}",
+                loss_sum / seen as f64,
+                right as f64 / seen as f64
+            ));
         }
         pb.finish_and_clear();
         if interrupted {
-            tracing::warn!("interrupted in epoch {}; its partial work is discarded", epoch + 1);
+            tracing::warn!(
+                "interrupted in epoch {}; its partial work is discarded",
+                epoch + 1
+            );
             break;
         }
         let seconds = started.elapsed().as_secs_f64();
         let valid = model.valid();
-        let (val_loss, val_acc) = loss_and_accuracy(&softmax_rows(&logits(&valid, &val_images)), &val_labels);
+        let (val_loss, val_acc) =
+            loss_and_accuracy(&softmax_rows(&logits(&valid, &val_images)), &val_labels);
         let stats = EpochStats {
             epoch: epoch + 1,
             train_loss: loss_sum / seen as f64,
@@ -323,19 +356,32 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
             state.best_epoch = Some(epoch + 1);
             state.best_val_accuracy = val_acc;
             atomically(&paths.best(), |p| {
-                valid.clone().save_file(p).map_err(|e| anyhow::anyhow!("{e:?}"))
+                valid
+                    .clone()
+                    .save_file(p)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))
             })?;
         }
         atomically(&paths.model(), |p| {
-            model.clone().save_file(p).map_err(|e| anyhow::anyhow!("{e:?}"))
+            model
+                .clone()
+                .save_file(p)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
         })?;
-        atomically(&paths.optim(), |p| optim.save(p).map_err(|e| anyhow::anyhow!("{e:?}")))?;
-        atomically(&paths.state(), |p| Ok(std::fs::write(p, serde_json::to_vec_pretty(&state)?)?))?;
+        atomically(&paths.optim(), |p| {
+            optim.save(p).map_err(|e| anyhow::anyhow!("{e:?}"))
+        })?;
+        atomically(&paths.state(), |p| {
+            Ok(std::fs::write(p, serde_json::to_vec_pretty(&state)?)?)
+        })?;
         if args.patience > 0
             && let Some(best) = state.best_epoch
             && epoch + 1 - best >= args.patience
         {
-            tracing::info!("no better validation accuracy for {} epochs; stopping early", args.patience);
+            tracing::info!(
+                "no better validation accuracy for {} epochs; stopping early",
+                args.patience
+            );
             early_stopped = true;
             break;
         }

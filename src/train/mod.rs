@@ -5,5 +5,10 @@
 pub mod augment;
 pub mod config;
 pub mod data;
+pub mod evaluate;
+pub mod export;
 pub mod fit;
 pub mod model;
+pub mod report;
+pub mod robustness;
+pub mod run;
