@@ -1,10 +1,21 @@
 //! mnister: a gRPC service that reads handwritten digits, and the trainer
 //! that makes its model.
+//!
+//! Layers, from the wire inwards: `service` (gRPC) → `engine` (admission,
+//! preprocessing, results) → `batcher` (queue and batch workers) →
+//! `backend` (ONNX Runtime behind a trait).
 
 pub mod backend;
+pub mod batcher;
+pub mod config;
+pub mod engine;
 pub mod idx;
+pub mod metrics;
 pub mod onnx;
 pub mod preprocess;
+pub mod proto;
+pub mod server;
+pub mod service;
 
 #[cfg(feature = "train")]
 pub mod train;

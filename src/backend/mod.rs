@@ -29,3 +29,12 @@ pub trait Backend: Send {
     /// returns `n * 10` probabilities, row-major.
     fn infer(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError>;
 }
+
+/// Index of the largest value (the predicted class).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}

@@ -15,6 +15,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = TrainArgs::parse();
     args.validate().map_err(anyhow::Error::msg)?;

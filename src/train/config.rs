@@ -32,6 +32,12 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_TRAIN_EPOCHS", default_value_t = 12)]
     pub epochs: usize,
 
+    /// Stop cleanly after this many epochs in this invocation (the schedule
+    /// still spans --epochs); resume later with --resume. Splits a long run
+    /// into pieces that fit a working session.
+    #[arg(long, env = "MNISTER_TRAIN_STOP_AFTER")]
+    pub stop_after: Option<usize>,
+
     #[arg(long, env = "MNISTER_TRAIN_BATCH_SIZE", default_value_t = 128)]
     pub batch_size: usize,
 

@@ -39,6 +39,7 @@ pub struct EpochStats {
 
 /// What a checkpoint remembers besides the weights.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FitState {
     pub epochs_done: usize,
     pub history: Vec<EpochStats>,
@@ -48,6 +49,10 @@ pub struct FitState {
     pub train_seconds: f64,
     /// The flags of the run that wrote the checkpoint.
     pub args: serde_json::Value,
+    /// Validation loss and accuracy of the untrained network, the yardstick
+    /// for "the loss went down".
+    pub initial_val_loss: Option<f64>,
+    pub initial_val_accuracy: Option<f64>,
 }
 
 pub struct FitOutcome {
@@ -140,13 +145,7 @@ pub fn softmax_rows(logits: &[f32]) -> Vec<f32> {
     out
 }
 
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(0)
-}
+pub use crate::backend::argmax;
 
 /// Mean cross-entropy and accuracy of probabilities against labels.
 pub fn loss_and_accuracy(probs: &[f32], labels: &[u8]) -> (f64, f64) {
@@ -240,9 +239,27 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         .with_smoothing((args.label_smoothing > 0.0).then_some(args.label_smoothing))
         .init(&ad);
 
+    if state.epochs_done == 0 {
+        let (loss, acc) = loss_and_accuracy(
+            &softmax_rows(&logits(&model.valid(), &val_images)),
+            &val_labels,
+        );
+        state.initial_val_loss = Some(loss);
+        state.initial_val_accuracy = Some(acc);
+    }
+
     let mut interrupted = false;
     let mut early_stopped = false;
+    let first_epoch = state.epochs_done;
     for epoch in state.epochs_done..args.epochs {
+        if args.stop_after.is_some_and(|n| epoch >= first_epoch + n) {
+            tracing::info!(
+                "stopping after {} epochs as asked; continue with --resume",
+                epoch - first_epoch
+            );
+            interrupted = true;
+            break;
+        }
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
             break;

@@ -34,6 +34,8 @@ pub struct Report {
     pub parameters: usize,
     pub args: serde_json::Value,
     pub git_commit: String,
+    /// The command line that produced this report.
+    pub command: String,
     pub dataset: BTreeMap<String, String>,
     pub train_images: usize,
     pub val_images: usize,
@@ -43,6 +45,7 @@ pub struct Report {
     pub early_stopped: bool,
     pub train_seconds: f64,
     pub train_images_per_second: f64,
+    pub initial_val_loss: Option<f64>,
     pub history: Vec<EpochStats>,
     pub val_accuracy: f64,
     pub test: TestMetrics,
@@ -192,6 +195,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         parameters,
         args: serde_json::to_value(args)?,
         git_commit: git_commit(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
         dataset: dataset_checksums(&train, &test),
         train_images: split.train.len(),
         val_images: split.val.len(),
@@ -206,6 +210,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             let imgs: f64 = h.iter().map(|e| e.images_per_second * e.seconds).sum();
             if secs > 0.0 { imgs / secs } else { 0.0 }
         },
+        initial_val_loss: outcome.state.initial_val_loss,
         val_accuracy: outcome.state.best_val_accuracy,
         history: outcome.state.history.clone(),
         test: evaluate::test_metrics(&[], &[]),
@@ -349,5 +354,96 @@ pub fn summary(r: &Report) -> String {
         "parity burn vs ONNX Runtime on {} images: max |Δp| {:.2e}, argmax agreement {:.4}",
         r.parity.images, r.parity.max_abs_diff, r.parity.argmax_agreement
     );
+    s
+}
+
+/// The report as Markdown tables, for model cards and reviews.
+pub fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let pct = |v: f64| format!("{:.2}%", v * 100.0);
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| model version | `{}` |", r.version);
+    let _ = writeln!(
+        s,
+        "| architecture | {} ({} parameters at inference) |",
+        r.architecture, r.parameters
+    );
+    let _ = writeln!(
+        s,
+        "| MNIST test accuracy | **{}** ({} images, {} errors) |",
+        pct(r.test.accuracy),
+        r.test.images,
+        r.test.errors.len()
+    );
+    let _ = writeln!(s, "| MNIST test loss | {:.4} |", r.test.loss);
+    let _ = writeln!(
+        s,
+        "| validation accuracy (best epoch {}) | {} ({} images) |",
+        r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+        pct(r.val_accuracy),
+        r.val_images
+    );
+    let _ = writeln!(
+        s,
+        "| epochs trained | {}{} |",
+        r.epochs_trained,
+        if r.interrupted { " (interrupted)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "| training time | {:.1} min at {:.0} img/s |",
+        r.train_seconds / 60.0,
+        r.train_images_per_second
+    );
+    let _ = writeln!(
+        s,
+        "| ORT vs burn parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
+        r.parity.max_abs_diff,
+        pct(r.parity.argmax_agreement),
+        r.parity.images
+    );
+    let _ = writeln!(s, "| ONNX sha256 | `{}` |", r.onnx_sha256);
+    let _ = writeln!(s, "| trainer commit | `{}` |", r.git_commit);
+    let _ = writeln!(s, "\nCommand: `{}`\n", r.command);
+    let _ = writeln!(
+        s,
+        "### Robustness (accuracy on transformed MNIST test images)\n\n| variant | accuracy |\n|---|---|"
+    );
+    for row in &r.robustness {
+        let _ = writeln!(s, "| {} | {} |", row.variant, pct(row.accuracy));
+    }
+    let _ = writeln!(
+        s,
+        "\n### Per class\n\n| digit | support | precision | recall |\n|---|---|---|---|"
+    );
+    for c in &r.test.per_class {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            c.digit,
+            c.support,
+            pct(c.precision),
+            pct(c.recall)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Epochs\n\n| epoch | aug strength | train loss | train acc | val loss | val acc | img/s | s |\n|---|---|---|---|---|---|---|---|"
+    );
+    for e in &r.history {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.4} | {} | {:.4} | {} | {:.0} | {:.0} |",
+            e.epoch,
+            e.augment_strength,
+            e.train_loss,
+            pct(e.train_accuracy),
+            e.val_loss,
+            pct(e.val_accuracy),
+            e.images_per_second,
+            e.seconds
+        );
+    }
     s
 }

@@ -1,0 +1,274 @@
+//! The transport-independent core: admission, preprocessing off the async
+//! workers, the batcher, and the result. gRPC (and any other front end) is a
+//! thin layer over `Engine::classify`, so limits and validation are the same
+//! whichever way a request arrives.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use tokio::sync::oneshot;
+
+use crate::backend::ort::{OrtBackend, RuntimeError, init_runtime};
+use crate::backend::{Backend, CLASSES, ModelFile};
+use crate::batcher::{Batcher, BatcherConfig, Job};
+use crate::metrics as m;
+use crate::preprocess::{self, Limits, MnistImage, PIXELS};
+use crate::service::error::ServiceError;
+
+/// A request's image, in one of the accepted forms.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Encoded bytes (PNG, JPEG, ...): decoded and preprocessed.
+    Image(Vec<u8>),
+    /// Raw 8-bit grayscale: preprocessed.
+    Pixels {
+        width: u64,
+        height: u64,
+        data: Vec<u8>,
+    },
+    /// 784 bytes already in MNIST form: used as is.
+    Mnist(Vec<u8>),
+}
+
+/// Whether a full server fails the request or makes it wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    FailFast,
+    Wait,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub queue: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Classification {
+    pub digit: usize,
+    pub confidence: f32,
+    pub probabilities: [f32; CLASSES],
+    pub timings: Timings,
+    pub batch_size: usize,
+    /// The 28x28 image the model saw, when asked for.
+    pub preprocessed: Option<Vec<u8>>,
+    pub model_version: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub batcher: BatcherConfig,
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub preprocess_threads: usize,
+    pub limits: Limits,
+    pub low_confidence: f32,
+    pub warmup_runs: usize,
+}
+
+/// A loaded model with its sessions, batcher and preprocessing pool.
+pub struct Engine {
+    pub model: ModelFile,
+    pub version: Arc<str>,
+    pub config: EngineConfig,
+    batcher: Batcher,
+    pool: rayon::ThreadPool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] crate::backend::ModelError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("warm-up batch failed on {model}: {reason}")]
+    WarmUp { model: String, reason: String },
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InflightGuard;
+
+impl InflightGuard {
+    fn new() -> Self {
+        gauge!(m::INFLIGHT).increment(1.0);
+        InflightGuard
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        gauge!(m::INFLIGHT).decrement(1.0);
+    }
+}
+
+impl Engine {
+    /// Loads the model into `sessions` ONNX Runtime sessions, runs a warm-up
+    /// batch of the largest size through each, and starts the workers.
+    pub fn load(
+        model_path: &std::path::Path,
+        ort_lib: Option<&std::path::Path>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let env = init_runtime(ort_lib)?;
+        let model = ModelFile::load(model_path)?;
+        let warm = vec![0f32; config.batcher.max_batch_size * PIXELS];
+        let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(config.sessions);
+        for _ in 0..config.sessions {
+            let mut b = OrtBackend::new(env, &model, config.intra_threads)?;
+            let full =
+                std::iter::repeat_n(config.batcher.max_batch_size, config.warmup_runs.max(1));
+            for n in std::iter::once(1).chain(full) {
+                b.infer(&warm[..n * PIXELS], n)
+                    .map_err(|e| EngineError::WarmUp {
+                        model: model.path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            backends.push(Box::new(b));
+        }
+        Ok(Self::with_backends(model, backends, config))
+    }
+
+    /// Builds an engine over ready backends (tests use fakes here).
+    pub fn with_backends(
+        model: ModelFile,
+        backends: Vec<Box<dyn Backend>>,
+        config: EngineConfig,
+    ) -> Engine {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.preprocess_threads)
+            .thread_name(|i| format!("mnister-preprocess-{i}"))
+            .build()
+            .expect("building the preprocessing pool");
+        Engine {
+            version: model.version().into(),
+            batcher: Batcher::start(backends, config.batcher),
+            model,
+            config,
+            pool,
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.batcher.queue_depth()
+    }
+
+    /// Stops the workers after they finish what is queued.
+    pub fn shutdown(self) {
+        self.batcher.shutdown();
+    }
+
+    /// Classifies one image. `deadline` bounds the whole request.
+    pub async fn classify(
+        &self,
+        input: Input,
+        deadline: Option<Instant>,
+        admission: Admission,
+        want_preprocessed: bool,
+    ) -> Result<Classification, ServiceError> {
+        let started = Instant::now();
+        let _inflight = InflightGuard::new();
+        let permit = match admission {
+            Admission::FailFast => self.batcher.try_admit().ok_or(ServiceError::QueueFull {
+                max_queue: self.config.batcher.max_queue,
+            })?,
+            Admission::Wait => {
+                let wait = self.batcher.admit();
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), wait).await.map_err(|_| {
+                        ServiceError::DeadlineExceeded(
+                            "the deadline passed while waiting for queue capacity".into(),
+                        )
+                    })?,
+                    None => wait.await,
+                }
+            }
+        };
+
+        let t = Instant::now();
+        let image = self.preprocess(input).await?;
+        let preprocess_time = t.elapsed();
+        histogram!(m::PREPROCESS_DURATION).record(preprocess_time.as_secs_f64());
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            counter!(m::DROPPED, "reason" => "deadline_exceeded").increment(1);
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the deadline passed after {} ms, before the request reached the model",
+                started.elapsed().as_millis()
+            )));
+        }
+        let preprocessed = want_preprocessed.then(|| preprocess::to_bytes(&image));
+
+        let (tx, rx) = oneshot::channel();
+        self.batcher.submit(Job {
+            image,
+            deadline,
+            enqueued: Instant::now(),
+            reply: tx,
+            permit,
+        });
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
+                ServiceError::DeadlineExceeded(format!(
+                    "no result within the deadline ({} ms)",
+                    started.elapsed().as_millis()
+                ))
+            })?,
+            None => rx.await,
+        };
+        let inference = answer.map_err(|_| ServiceError::ShuttingDown)??;
+        let p = inference.probabilities;
+        let digit = crate::backend::argmax(&p);
+        let confidence = p[digit];
+        counter!(m::PREDICTIONS, "digit" => DIGITS[digit]).increment(1);
+        if confidence < self.config.low_confidence {
+            counter!(m::LOW_CONFIDENCE).increment(1);
+        }
+        Ok(Classification {
+            digit,
+            confidence,
+            probabilities: p,
+            timings: Timings {
+                queue: inference.queue_time,
+                preprocess: preprocess_time,
+                inference: inference.inference_time,
+                total: started.elapsed(),
+            },
+            batch_size: inference.batch_size,
+            preprocessed,
+            model_version: self.version.clone(),
+        })
+    }
+
+    async fn preprocess(&self, input: Input) -> Result<Box<MnistImage>, ServiceError> {
+        match input {
+            // Cheap enough to do inline: a copy and a scale.
+            Input::Mnist(bytes) => Ok(Box::new(preprocess::normalize_mnist(&bytes)?)),
+            other => {
+                let limits = self.config.limits;
+                let (tx, rx) = oneshot::channel();
+                self.pool.spawn(move || {
+                    let r = match other {
+                        Input::Image(bytes) => preprocess::preprocess_encoded(&bytes, &limits),
+                        Input::Pixels {
+                            width,
+                            height,
+                            data,
+                        } => preprocess::preprocess_pixels(width, height, &data, &limits),
+                        Input::Mnist(_) => unreachable!("handled above"),
+                    };
+                    let _ = tx.send(r.map(Box::new));
+                });
+                rx.await
+                    .map_err(|_| {
+                        ServiceError::Internal("the preprocessing worker panicked".into())
+                    })?
+                    .map_err(ServiceError::from)
+            }
+        }
+    }
+}
+
+const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];

@@ -1,0 +1,137 @@
+//! Metric names, buckets and registration. Every series is registered at
+//! zero on start-up, so dashboards and alerts see it from the first scrape
+//! instead of "no data".
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "mnister_requests_total";
+pub const REQUEST_DURATION: &str = "mnister_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "mnister_queue_duration_seconds";
+pub const PREPROCESS_DURATION: &str = "mnister_preprocess_duration_seconds";
+pub const INFERENCE_DURATION: &str = "mnister_inference_duration_seconds";
+pub const BATCH_SIZE: &str = "mnister_batch_size";
+pub const PREDICTIONS: &str = "mnister_predictions_total";
+pub const LOW_CONFIDENCE: &str = "mnister_low_confidence_total";
+pub const QUEUE_DEPTH: &str = "mnister_queue_depth";
+pub const INFLIGHT: &str = "mnister_inflight_requests";
+pub const MODEL_INFO: &str = "mnister_model_info";
+/// Requests dropped before reaching the model, by reason.
+pub const DROPPED: &str = "mnister_dropped_requests_total";
+
+/// The RPCs we label requests with.
+pub const RPCS: [&str; 3] = ["Classify", "ClassifyStream", "GetModelInfo"];
+/// The gRPC codes our handlers can answer with.
+pub const CODES: [&str; 8] = [
+    "OK",
+    "INVALID_ARGUMENT",
+    "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "UNAVAILABLE",
+    "INTERNAL",
+    "UNAUTHENTICATED",
+];
+pub const DROP_REASONS: [&str; 2] = ["deadline_exceeded", "cancelled"];
+
+/// Latency buckets in seconds: fine below a millisecond, where a batch of
+/// this model runs, and up to 10 s for the slowest decodes.
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005,
+    0.007_5, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+fn batch_buckets(max_batch: usize) -> Vec<f64> {
+    let mut b = vec![];
+    let mut v = 1usize;
+    while v < max_batch {
+        b.push(v as f64);
+        v *= 2;
+    }
+    b.push(max_batch as f64);
+    b
+}
+
+/// Installs the global recorder and registers every series at zero.
+pub fn install(max_batch: usize) -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &batch_buckets(max_batch))
+        })
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    register();
+    Ok(handle)
+}
+
+fn register() {
+    for rpc in RPCS {
+        for code in CODES {
+            counter!(REQUESTS, "rpc" => rpc, "code" => code).increment(0);
+        }
+        let _ = histogram!(REQUEST_DURATION, "rpc" => rpc);
+    }
+    let _ = histogram!(QUEUE_DURATION);
+    let _ = histogram!(PREPROCESS_DURATION);
+    let _ = histogram!(INFERENCE_DURATION);
+    let _ = histogram!(BATCH_SIZE);
+    for d in 0..10 {
+        counter!(PREDICTIONS, "digit" => d.to_string()).increment(0);
+    }
+    counter!(LOW_CONFIDENCE).increment(0);
+    for r in DROP_REASONS {
+        counter!(DROPPED, "reason" => r).increment(0);
+    }
+    gauge!(QUEUE_DEPTH).set(0.0);
+    gauge!(INFLIGHT).set(0.0);
+    metrics::describe_counter!(
+        REQUESTS,
+        "Requests (stream frames count one each), by RPC and gRPC status code."
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "End-to-end server time per request."
+    );
+    metrics::describe_histogram!(
+        QUEUE_DURATION,
+        metrics::Unit::Seconds,
+        "Time a request waited for a batch."
+    );
+    metrics::describe_histogram!(
+        PREPROCESS_DURATION,
+        metrics::Unit::Seconds,
+        "Decode and preprocessing time per request."
+    );
+    metrics::describe_histogram!(
+        INFERENCE_DURATION,
+        metrics::Unit::Seconds,
+        "ONNX Runtime time per batch."
+    );
+    metrics::describe_histogram!(BATCH_SIZE, "Images per batch handed to ONNX Runtime.");
+    metrics::describe_counter!(PREDICTIONS, "Predictions, by predicted digit.");
+    metrics::describe_counter!(
+        LOW_CONFIDENCE,
+        "Predictions whose confidence was below --low-confidence."
+    );
+    metrics::describe_counter!(
+        DROPPED,
+        "Requests dropped before reaching the model, by reason."
+    );
+    metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for a batch worker.");
+    metrics::describe_gauge!(INFLIGHT, "Requests admitted and not yet answered.");
+    metrics::describe_gauge!(
+        MODEL_INFO,
+        "The loaded model (value 1), by version and sha256."
+    );
+}
+
+/// Marks `version`/`sha256` as the loaded model, and any previous one as gone.
+pub fn set_model(previous: Option<(&str, &str)>, version: &str, sha256: &str, precision: &str) {
+    if let Some((v, s)) = previous {
+        gauge!(MODEL_INFO, "version" => v.to_string(), "sha256" => s.to_string(), "precision" => precision.to_string()).set(0.0);
+    }
+    gauge!(MODEL_INFO, "version" => version.to_string(), "sha256" => sha256.to_string(), "precision" => precision.to_string()).set(1.0);
+}

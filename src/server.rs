@@ -1,0 +1,247 @@
+//! Wires the server together: listeners, gRPC services (classifier, health,
+//! reflection), the /metrics endpoint, model loading, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::batcher::BatcherConfig;
+use crate::config::ServerArgs;
+use crate::engine::{Engine, EngineConfig};
+use crate::preprocess::Limits;
+use crate::proto::v1 as pb;
+use crate::proto::v1::digit_classifier_server::DigitClassifierServer;
+use crate::service::ServerState;
+use crate::service::classifier::ClassifierService;
+
+/// The gRPC service name health checks report on.
+pub const SERVICE_NAME: &str = "mnister.v1.DigitClassifier";
+
+pub fn engine_config(args: &ServerArgs) -> EngineConfig {
+    EngineConfig {
+        batcher: BatcherConfig {
+            max_batch_size: args.max_batch_size,
+            max_batch_delay: args.max_batch_delay,
+            max_queue: args.max_queue,
+        },
+        sessions: args.sessions,
+        intra_threads: args.intra_threads,
+        preprocess_threads: args.preprocess_threads,
+        limits: Limits {
+            max_image_bytes: args.max_image_bytes,
+            max_pixels: args.max_pixels,
+        },
+        low_confidence: args.low_confidence,
+        warmup_runs: args.warmup_runs,
+    }
+}
+
+pub fn limits(args: &ServerArgs) -> pb::Limits {
+    pb::Limits {
+        max_batch_size: args.max_batch_size as u32,
+        max_queue: args.max_queue as u32,
+        max_image_bytes: args.max_image_bytes as u64,
+        max_pixels: args.max_pixels,
+        max_frames_in_flight_per_stream: args.max_frames_in_flight as u32,
+        max_message_bytes: args.max_message_bytes as u64,
+        default_timeout_ms: args.request_timeout.as_millis() as u64,
+    }
+}
+
+async fn metrics_http(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; pick another address with its flag")
+    })
+}
+
+/// Runs the server until `shutdown` resolves, then drains within the grace.
+pub async fn serve(
+    args: ServerArgs,
+    process_start: Instant,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let handle = crate::metrics::install(args.max_batch_size).map_err(anyhow::Error::msg)?;
+    let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
+    let http_listener = bind(args.metrics_addr, "metrics").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_addr = http_listener.local_addr()?;
+
+    let state = ServerState::new(
+        limits(&args),
+        args.request_timeout,
+        args.max_frames_in_flight,
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let classifier = DigitClassifierServer::new(ClassifierService::new(state.clone()))
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(args.max_concurrent_streams)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(classifier)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped()),
+    );
+    let upkeep = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let http_task = tokio::spawn(metrics_http(http_listener, handle, stopped()));
+    tracing::info!(%grpc_addr, %metrics_addr, "listening; loading the model");
+
+    let cfg = engine_config(&args);
+    let (model_path, ort_lib) = (args.model.clone(), args.ort_lib.clone());
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::load(&model_path, ort_lib.as_deref(), cfg))
+            .await
+            .context("the model loader panicked")??;
+    crate::metrics::set_model(
+        None,
+        &engine.version,
+        &engine.model.sha256,
+        engine
+            .model
+            .metadata
+            .get("precision")
+            .map_or("fp32", String::as_str),
+    );
+    tracing::info!(
+        model = %engine.model.path.display(),
+        version = %engine.version,
+        sha256 = %engine.model.sha256,
+        %grpc_addr,
+        %metrics_addr,
+        sessions = args.sessions,
+        intra_threads = args.intra_threads,
+        max_batch_size = args.max_batch_size,
+        max_batch_delay_us = args.max_batch_delay.as_micros() as u64,
+        max_queue = args.max_queue,
+        max_image_bytes = args.max_image_bytes,
+        max_pixels = args.max_pixels,
+        max_frames_in_flight = args.max_frames_in_flight,
+        startup_ms = process_start.elapsed().as_millis() as u64,
+        "serving"
+    );
+    state.engine.store(Some(Arc::new(engine)));
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut grpc_task => {
+            upkeep.abort();
+            return match r {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the gRPC server stopped unexpectedly")),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the gRPC server failed")),
+                Err(e) => Err(anyhow::Error::new(e).context("the gRPC server panicked")),
+            };
+        }
+    }
+
+    tracing::info!(
+        grace_ms = args.shutdown_grace.as_millis() as u64,
+        "shutting down: NOT_SERVING, finishing in-flight requests"
+    );
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    state.begin_shutdown();
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(args.shutdown_grace, &mut grpc_task).await {
+        Ok(_) => tracing::info!("all in-flight requests finished"),
+        Err(_) => {
+            tracing::warn!("shutdown grace elapsed; abandoning the requests still in flight");
+            grpc_task.abort();
+        }
+    }
+    upkeep.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http_task).await;
+    state.engine.store(None);
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,99 @@
+//! The gRPC transport: the DigitClassifier service, its error mapping, and
+//! the state it shares with the server (the current engine, limits,
+//! readiness).
+
+pub mod classifier;
+pub mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use crate::engine::Engine;
+use crate::proto::v1 as pb;
+use error::ServiceError;
+
+/// What every front end shares: the engine (None until the model is loaded;
+/// swapped whole on reload) and the server-wide limits.
+pub struct ServerState {
+    pub engine: ArcSwapOption<Engine>,
+    pub limits: pb::Limits,
+    pub request_timeout: Duration,
+    pub max_frames_in_flight: usize,
+    shutting_down: AtomicBool,
+}
+
+impl ServerState {
+    pub fn new(
+        limits: pb::Limits,
+        request_timeout: Duration,
+        max_frames_in_flight: usize,
+    ) -> Arc<Self> {
+        Arc::new(ServerState {
+            engine: ArcSwapOption::empty(),
+            limits,
+            request_timeout,
+            max_frames_in_flight,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The engine to use for a request, or why there is none.
+    pub fn engine(&self) -> Result<Arc<Engine>, ServiceError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        self.engine.load_full().ok_or(ServiceError::NotReady)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// The request's deadline: its grpc-timeout, else the server default.
+    pub fn deadline(&self, meta: &tonic::metadata::MetadataMap) -> Instant {
+        let timeout = meta
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(self.request_timeout);
+        Instant::now() + timeout
+    }
+}
+
+/// Parses a grpc-timeout header value: up to 8 digits and a unit
+/// (H, M, S, m, u, n), per the gRPC over HTTP/2 spec.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}

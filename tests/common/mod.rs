@@ -1,0 +1,265 @@
+//! Test helpers: start the real `mnister-server` binary on ephemeral ports,
+//! talk to it with real gRPC clients, scrape its real /metrics.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mnister::idx::{Dataset, Split, load_mnist};
+use mnister::proto::v1::digit_classifier_client::DigitClassifierClient;
+use tonic::transport::Channel;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn default_model() -> PathBuf {
+    root().join("models/mnist-cnn.onnx")
+}
+
+/// The committed MNIST sample's test set (1,000 images).
+pub fn test_set() -> Dataset {
+    load_mnist(&root().join("tests/data/mnist"), Split::Test).expect("tests/data/mnist")
+}
+
+pub struct TestServer {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts the server with `extra` flags and waits until it listens.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnister-server"));
+        cmd.args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--model")
+        .arg(default_model())
+        .args(extra)
+        .env("RUST_LOG", "info,ort=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning mnister-server");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        let field = |name: &str| -> SocketAddr {
+            let at = line
+                .find(&format!("{name}="))
+                .unwrap_or_else(|| panic!("{name} in {line}"));
+            line[at + name.len() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        TestServer {
+            grpc_addr: field("grpc_addr"),
+            metrics_addr: field("metrics_addr"),
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting")
+    }
+
+    pub async fn client(&self) -> DigitClassifierClient<Channel> {
+        DigitClassifierClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    /// Waits until the health check reports SERVING.
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let mut h = HealthClient::new(self.channel().await);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = h
+                .check(HealthCheckRequest {
+                    service: "mnister.v1.DigitClassifier".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if matches!(s, Ok(v) if v == ServingStatus::Serving as i32) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never became SERVING: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn scrape(&self) -> String {
+        http_get(self.metrics_addr, "/metrics")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, returning the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connecting to the metrics port");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses Prometheus' text format strictly enough to catch malformed output.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split_whitespace().nth(1).expect("TYPE has a kind");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|s| !s.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                        (k.to_string(), v.trim_end_matches('"').to_string())
+                    })
+                    .collect();
+                (n.to_string(), labels)
+            }
+            None => (series.to_string(), vec![]),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name:?}"
+        );
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// Sum of the samples called `name` whose labels include `with`.
+pub fn metric(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            with.iter()
+                .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Encodes an image as PNG.
+pub fn png(img: &image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// A 28x28 MNIST image rendered as a 280x280 dark-on-light canvas.
+pub fn canvas_gray(mnist: &[u8]) -> image::GrayImage {
+    let small =
+        image::GrayImage::from_raw(28, 28, mnist.iter().map(|v| 255 - v).collect()).unwrap();
+    image::imageops::resize(&small, 280, 280, image::imageops::FilterType::Triangle)
+}
