@@ -176,16 +176,16 @@ fn worker(
         let mut i = 0;
         while i < batch.len() {
             let job = &batch[i];
-            if job.reply.is_closed() {
-                counter!(m::DROPPED, "reason" => "cancelled").increment(1);
-                batch.swap_remove(i);
-            } else if job.deadline.is_some_and(|d| d <= now) {
+            if job.deadline.is_some_and(|d| d <= now) {
                 counter!(m::DROPPED, "reason" => "deadline_exceeded").increment(1);
                 let job = batch.swap_remove(i);
                 let waited_ms = now.saturating_duration_since(job.enqueued).as_millis() as u64;
                 let _ = job
                     .reply
                     .send(Err(BatchError::DeadlineExceeded { waited_ms }));
+            } else if job.reply.is_closed() {
+                counter!(m::DROPPED, "reason" => "cancelled").increment(1);
+                batch.swap_remove(i);
             } else {
                 i += 1;
             }

@@ -309,7 +309,7 @@ async fn health_goes_from_not_serving_to_serving_and_back_on_sigterm() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     // Many warm-up runs keep the server NOT_SERVING long enough to see it.
-    let mut server = TestServer::start(&["--warmup-runs", "300"]);
+    let mut server = TestServer::start(&["--warmup-runs", "100"]);
     let mut h = HealthClient::new(server.channel().await);
     let check = |h: &mut HealthClient<_>| {
         let mut h: HealthClient<tonic::transport::Channel> = h.clone();
@@ -462,7 +462,15 @@ async fn expired_deadline_never_reaches_the_model() {
     let mut req = tonic::Request::new(mnist_req("late", test_set().images.image(0)));
     req.set_timeout(Duration::from_millis(100));
     let e = c.classify(req).await.unwrap_err();
-    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    // The server answers DEADLINE_EXCEEDED just before the deadline; tonic's
+    // client enforces the same deadline itself and, if its timer wins the
+    // race, reports CANCELLED "Timeout expired" locally. The server's own
+    // answer is checked in its metrics below.
+    assert!(
+        e.code() == Code::DeadlineExceeded
+            || (e.code() == Code::Cancelled && e.message().contains("Timeout")),
+        "{e:?}"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let m = parse_metrics(&server.scrape());
     assert_eq!(
@@ -488,17 +496,26 @@ async fn expired_deadline_never_reaches_the_model() {
     );
 }
 
-/// A PNG whose header claims `w`x`h` pixels and that has no image data.
-fn png_header_only(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
+/// A small, well-formed PNG whose header claims `w`x`h` pixels: a
+/// decompression bomb if anyone decoded it.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut ihdr = w.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    let crc = crc32(&ihdr);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut z, &vec![0u8; 1 << 16]).unwrap();
+    let idat = z.finish().unwrap();
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend_from_slice(&13u32.to_be_bytes());
-    out.extend_from_slice(&ihdr);
-    out.extend_from_slice(&crc.to_be_bytes());
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
     out
 }
 
@@ -552,7 +569,7 @@ async fn bad_inputs_are_invalid_argument_and_the_server_keeps_serving() {
         ),
         (
             "100000x100000 header",
-            image_req(png_header_only(100_000, 100_000)),
+            image_req(png_claiming(100_000, 100_000)),
             "pixels",
         ),
         (

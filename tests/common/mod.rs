@@ -108,7 +108,7 @@ impl TestServer {
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
         let mut h = HealthClient::new(self.channel().await);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let s = h
                 .check(HealthCheckRequest {
