@@ -272,6 +272,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         args.out.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
     )?;
+    std::fs::write(args.out.join("report.md"), markdown(&report))?;
     Ok(report)
 }
 
