@@ -175,7 +175,7 @@ impl TrainArgs {
         if self.batch_size == 0 {
             problems.push("--batch-size must be at least 1".to_string());
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             problems.push(format!("--lr must be positive, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.warmup) {

@@ -14,6 +14,9 @@ use crate::preprocess::{MnistImage, SIDE};
 
 const FONT: &str = "sans-serif";
 
+/// One number picked out of an epoch's statistics.
+type Metric = fn(&EpochStats) -> f64;
+
 fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -35,19 +38,14 @@ pub fn curves(path: &Path, history: &[EpochStats]) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(600);
     let n = history.len().max(1) as f64;
-    let series = |f: fn(&EpochStats) -> f64| -> Vec<(f64, f64)> {
+    let series = |f: Metric| -> Vec<(f64, f64)> {
         history.iter().map(|h| (h.epoch as f64, f(h))).collect()
     };
-    let panels: [(
-        &DrawingArea<_, _>,
-        &str,
-        fn(&EpochStats) -> f64,
-        fn(&EpochStats) -> f64,
-    ); 2] = [
-        (&left, "accuracy", |h| h.train_accuracy, |h| h.val_accuracy),
-        (&right, "loss", |h| h.train_loss, |h| h.val_loss),
+    let panels: [(&str, Metric, Metric); 2] = [
+        ("accuracy", |h| h.train_accuracy, |h| h.val_accuracy),
+        ("loss", |h| h.train_loss, |h| h.val_loss),
     ];
-    for (area, name, train, val) in panels {
+    for (area, (name, train, val)) in [&left, &right].into_iter().zip(panels) {
         let (t, v) = (series(train), series(val));
         let all = t.iter().chain(&v).map(|p| p.1);
         let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));

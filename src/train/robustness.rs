@@ -62,7 +62,7 @@ impl Variant {
         Some(match *self {
             Variant::Clean => *img,
             Variant::Rotate(d) => {
-                Affine::rotation(if i % 2 == 0 { d } else { -d }).warp(img, Fill::Constant)
+                Affine::rotation(if i.is_multiple_of(2) { d } else { -d }).warp(img, Fill::Constant)
             }
             Variant::ZoomOut(z) => Affine::zoom(1.0 / z).warp(img, Fill::Constant),
             Variant::Shift(p) => {
