@@ -14,14 +14,21 @@ use mnister::idx::{Split, load_mnist};
 use mnister::preprocess::{PIXELS, normalize_mnist};
 
 #[derive(Debug, Parser)]
-#[command(name = "mnister-bench", about = "Raw in-process ONNX Runtime throughput: batch sizes x session layouts")]
+#[command(
+    name = "mnister-bench",
+    about = "Raw in-process ONNX Runtime throughput: batch sizes x session layouts"
+)]
 struct Args {
     #[arg(long, env = "MNISTER_MODEL", default_value = "models/mnist-cnn.onnx")]
     model: PathBuf,
     #[arg(long, env = "MNISTER_ORT_LIB")]
     ort_lib: Option<PathBuf>,
     /// Batch sizes to sweep.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16,32,64,128,256"
+    )]
     batch: Vec<usize>,
     /// Layouts as SESSIONSxTHREADS.
     #[arg(long, value_delimiter = ',', default_value = "1x2,2x1")]
@@ -41,7 +48,10 @@ fn parse_layout(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once('x')
         .ok_or_else(|| format!("layout {s:?} must look like 2x1 (sessions x threads)"))?;
-    let p = |v: &str| v.parse::<usize>().map_err(|_| format!("layout {s:?}: {v:?} is not a number"));
+    let p = |v: &str| {
+        v.parse::<usize>()
+            .map_err(|_| format!("layout {s:?}: {v:?} is not a number"))
+    };
     Ok((p(a)?, p(b)?))
 }
 
@@ -57,7 +67,12 @@ fn main() -> anyhow::Result<()> {
             .collect(),
     );
     if !args.json {
-        println!("model {} ({}), {} s per point", model.path.display(), model.version(), args.seconds);
+        println!(
+            "model {} ({}), {} s per point",
+            model.path.display(),
+            model.version(),
+            args.seconds
+        );
         println!("{:>8} {:>6} {:>12}", "layout", "batch", "img/s");
     }
     for layout in &args.layouts {
@@ -72,7 +87,8 @@ fn main() -> anyhow::Result<()> {
             let handles: Vec<_> = backends
                 .drain(..)
                 .map(|mut b| {
-                    let (done, stop, counting, input) = (done.clone(), stop.clone(), counting.clone(), input.clone());
+                    let (done, stop, counting, input) =
+                        (done.clone(), stop.clone(), counting.clone(), input.clone());
                     std::thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             b.infer(&input[..batch * PIXELS], batch).expect("inference");
@@ -91,7 +107,10 @@ fn main() -> anyhow::Result<()> {
             let n = done.load(Ordering::Relaxed);
             let secs = t.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
-            backends = handles.into_iter().map(|h| h.join().expect("bench thread")).collect();
+            backends = handles
+                .into_iter()
+                .map(|h| h.join().expect("bench thread"))
+                .collect();
             let rate = n as f64 / secs;
             if args.json {
                 println!(

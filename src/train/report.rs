@@ -38,9 +38,8 @@ pub fn curves(path: &Path, history: &[EpochStats]) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(600);
     let n = history.len().max(1) as f64;
-    let series = |f: Metric| -> Vec<(f64, f64)> {
-        history.iter().map(|h| (h.epoch as f64, f(h))).collect()
-    };
+    let series =
+        |f: Metric| -> Vec<(f64, f64)> { history.iter().map(|h| (h.epoch as f64, f(h))).collect() };
     let panels: [(&str, Metric, Metric); 2] = [
         ("accuracy", |h| h.train_accuracy, |h| h.val_accuracy),
         ("loss", |h| h.train_loss, |h| h.val_loss),
