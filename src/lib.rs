@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod idx;

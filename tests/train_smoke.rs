@@ -57,7 +57,7 @@ fn one_epoch_lowers_the_loss_exports_and_matches_onnx_runtime() {
     let before = report.initial_val_loss.unwrap();
     let after = report.history[0].val_loss;
     assert!(after < before * 0.8, "val loss {before} -> {after}");
-    assert_eq!(report.test.images, 1000);
+    assert_eq!(report.test.images, 2000);
     assert!(
         report.test.accuracy > 0.5,
         "accuracy {}",
