@@ -612,3 +612,59 @@ async fn bad_inputs_are_invalid_argument_and_the_server_keeps_serving() {
         assert_eq!(ok.digit, u32::from(ds.labels[0]));
     }
 }
+
+#[test]
+fn missing_or_broken_onnxruntime_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("libonnxruntime.so");
+    std::fs::write(&broken, b"this is not a shared library").unwrap();
+    for lib in [dir.path().join("nowhere/libonnxruntime.so"), broken] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mnister-server"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--ort-lib",
+            ])
+            .arg(&lib)
+            .arg("--model")
+            .arg(common::default_model())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "started without a usable ONNX Runtime"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&lib.display().to_string()), "{err}");
+        assert!(
+            err.contains("scripts/setup-onnxruntime.sh"),
+            "no fix suggested: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("model.onnx");
+    std::fs::write(&bad, b"\x08\x07garbage").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mnister-server"))
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--model",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a valid ONNX model") && err.contains("model.onnx"),
+        "{err}"
+    );
+}
