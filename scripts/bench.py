@@ -32,7 +32,7 @@ class Server:
         self.t0 = time.time()
         self.p = subprocess.Popen(
             [f"{REL}/mnister-server", "--grpc-addr", f"127.0.0.1:{self.grpc}",
-             "--metrics-addr", f"127.0.0.1:{self.metrics}", *flags],
+             "--metrics-addr", f"127.0.0.1:{self.metrics}", "--http-addr", "127.0.0.1:0", *flags],
             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info,ort=warn"})
         self.startup_ms = None
         for line in self.p.stderr:

@@ -58,6 +58,10 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// HTTP address for the drawing page (/) and the JSON API (/v1/classify).
+    #[arg(long, env = "MNISTER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
     /// HTTP address for Prometheus' /metrics.
     #[arg(long, env = "MNISTER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,

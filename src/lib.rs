@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod idx;
 pub mod metrics;
 pub mod onnx;

@@ -19,8 +19,8 @@ pub const MODEL_INFO: &str = "mnister_model_info";
 /// Requests dropped before reaching the model, by reason.
 pub const DROPPED: &str = "mnister_dropped_requests_total";
 
-/// The RPCs we label requests with.
-pub const RPCS: [&str; 3] = ["Classify", "ClassifyStream", "GetModelInfo"];
+/// The RPCs we label requests with (HttpClassify is the JSON API).
+pub const RPCS: [&str; 4] = ["Classify", "ClassifyStream", "GetModelInfo", "HttpClassify"];
 /// The gRPC codes our handlers can answer with.
 pub const CODES: [&str; 8] = [
     "OK",

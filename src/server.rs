@@ -100,8 +100,10 @@ pub async fn serve(
     let handle = crate::metrics::install(args.max_batch_size).map_err(anyhow::Error::msg)?;
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let http_listener = bind(args.metrics_addr, "metrics").await?;
+    let web_listener = bind(args.http_addr, "HTTP (page and JSON API)").await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let metrics_addr = http_listener.local_addr()?;
+    let http_addr = web_listener.local_addr()?;
 
     let state = ServerState::new(
         limits(&args),
@@ -150,7 +152,17 @@ pub async fn serve(
         })
     };
     let http_task = tokio::spawn(metrics_http(http_listener, handle, stopped()));
-    tracing::info!(%grpc_addr, %metrics_addr, "listening; loading the model");
+    let web = crate::http::router(state.clone(), args.max_image_bytes / 3 * 4 + (64 << 10));
+    let web_stop = stopped();
+    let web_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(web_listener, web)
+            .with_graceful_shutdown(web_stop)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, %metrics_addr, "listening; loading the model");
 
     let cfg = engine_config(&args);
     let (model_path, ort_lib) = (args.model.clone(), args.ort_lib.clone());
@@ -173,6 +185,7 @@ pub async fn serve(
         version = %engine.version,
         sha256 = %engine.model.sha256,
         %grpc_addr,
+        %http_addr,
         %metrics_addr,
         sessions = args.sessions,
         intra_threads = args.intra_threads,
@@ -224,6 +237,7 @@ pub async fn serve(
     }
     upkeep.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http_task).await;
+    let _ = tokio::time::timeout(args.shutdown_grace, web_task).await;
     state.engine.store(None);
     Ok(())
 }

@@ -625,6 +625,8 @@ fn missing_or_broken_onnxruntime_is_a_clear_error() {
                 "127.0.0.1:0",
                 "--metrics-addr",
                 "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
                 "--ort-lib",
             ])
             .arg(&lib)
@@ -655,6 +657,8 @@ fn a_file_that_is_not_a_model_is_refused_with_the_reason() {
             "--grpc-addr",
             "127.0.0.1:0",
             "--metrics-addr",
+            "127.0.0.1:0",
+            "--http-addr",
             "127.0.0.1:0",
             "--model",
         ])

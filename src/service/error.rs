@@ -13,6 +13,8 @@ pub enum ServiceError {
         "request has no input; set exactly one of image (encoded bytes), pixels (raw grayscale with width and height) or mnist (784 bytes)"
     )]
     NoInput,
+    #[error("{0}")]
+    BadRequest(String),
     #[error("the server is at capacity ({max_queue} requests admitted); retry with backoff")]
     QueueFull { max_queue: usize },
     #[error("deadline exceeded: {0}")]
@@ -30,7 +32,9 @@ pub enum ServiceError {
 impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
-            ServiceError::Preprocess(_) | ServiceError::NoInput => Code::InvalidArgument,
+            ServiceError::Preprocess(_) | ServiceError::NoInput | ServiceError::BadRequest(_) => {
+                Code::InvalidArgument
+            }
             ServiceError::QueueFull { .. } => Code::ResourceExhausted,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Cancelled => Code::Cancelled,

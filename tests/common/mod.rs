@@ -30,6 +30,7 @@ pub struct TestServer {
     child: Child,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -41,6 +42,8 @@ impl TestServer {
             "--grpc-addr",
             "127.0.0.1:0",
             "--metrics-addr",
+            "127.0.0.1:0",
+            "--http-addr",
             "127.0.0.1:0",
         ])
         .arg("--model")
@@ -81,6 +84,7 @@ impl TestServer {
         TestServer {
             grpc_addr: field("grpc_addr"),
             metrics_addr: field("metrics_addr"),
+            http_addr: field("http_addr"),
             child,
             log,
         }
@@ -262,4 +266,21 @@ pub fn canvas_gray(mnist: &[u8]) -> image::GrayImage {
     let small =
         image::GrayImage::from_raw(28, 28, mnist.iter().map(|v| 255 - v).collect()).unwrap();
     image::imageops::resize(&small, 280, 280, image::imageops::FilterType::Triangle)
+}
+
+/// A minimal HTTP/1.0 POST; returns (status, body).
+pub fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connecting to the HTTP port");
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }

@@ -1,0 +1,214 @@
+//! The HTTP front end: the drawing page at `/` and a small JSON API over the
+//! same engine as gRPC (`POST /v1/classify`, `GET /v1/model`). One code
+//! path: the same admission, limits, preprocessing and batcher, and errors
+//! mapped from the same `ServiceError`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use metrics::{counter, histogram};
+use tonic::Code;
+
+use crate::engine::{Admission, Input};
+use crate::metrics as m;
+use crate::service::ServerState;
+use crate::service::classifier::model_info;
+use crate::service::error::{ServiceError, code_label};
+
+const PAGE: &str = include_str!("../web/index.html");
+
+/// JSON form of a classify request. Exactly one of `image`, `pixels` or
+/// `mnist`, base64-encoded.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyJson {
+    #[serde(default)]
+    pub id: String,
+    pub image: Option<String>,
+    pub pixels: Option<PixelsJson>,
+    pub mnist: Option<String>,
+    #[serde(default)]
+    pub return_preprocessed: bool,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PixelsJson {
+    pub width: u64,
+    pub height: u64,
+    pub data: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ClassifyQuery {
+    /// For raw image bodies: return the preprocessed 28x28 image.
+    #[serde(default)]
+    pub preprocessed: bool,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// An error as JSON with the HTTP status that matches its gRPC code.
+struct ApiError(ServiceError);
+
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        (
+            http_status(code),
+            Json(serde_json::json!({"error": {"code": code_label(code), "message": self.0.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+fn b64(field: &str, s: &str) -> Result<Vec<u8>, ServiceError> {
+    B64.decode(s.trim())
+        .map_err(|e| ServiceError::BadRequest(format!("{field} must be standard base64: {e}")))
+}
+
+fn input_from_json(j: ClassifyJson) -> Result<(String, Input, bool), ServiceError> {
+    let given = [j.image.is_some(), j.pixels.is_some(), j.mnist.is_some()]
+        .iter()
+        .filter(|v| **v)
+        .count();
+    if given > 1 {
+        return Err(ServiceError::BadRequest(
+            "set exactly one of image, pixels or mnist, not several".into(),
+        ));
+    }
+    let input = if let Some(s) = j.image {
+        Input::Image(b64("image", &s)?)
+    } else if let Some(p) = j.pixels {
+        Input::Pixels {
+            width: p.width,
+            height: p.height,
+            data: b64("pixels.data", &p.data)?,
+        }
+    } else if let Some(s) = j.mnist {
+        Input::Mnist(b64("mnist", &s)?)
+    } else {
+        return Err(ServiceError::NoInput);
+    };
+    Ok((j.id, input, j.return_preprocessed))
+}
+
+async fn classify(
+    State(state): State<Arc<ServerState>>,
+    Query(q): Query<ClassifyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let result = classify_inner(&state, q, &headers, body).await;
+    let code = result.as_ref().map_or_else(|e| e.0.code(), |_| Code::Ok);
+    counter!(m::REQUESTS, "rpc" => "HttpClassify", "code" => code_label(code)).increment(1);
+    histogram!(m::REQUEST_DURATION, "rpc" => "HttpClassify")
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn classify_inner(
+    state: &ServerState,
+    q: ClassifyQuery,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<serde_json::Value, ApiError> {
+    let engine = state.engine().map_err(ApiError)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (id, input, want) = if content_type.starts_with("application/json") {
+        let j: ClassifyJson = serde_json::from_slice(&body).map_err(|e| {
+            ApiError(ServiceError::BadRequest(format!(
+                "the JSON body is not a classify request ({e}); expected {{\"image\": base64}} or {{\"mnist\": base64}} or {{\"pixels\": {{\"width\", \"height\", \"data\": base64}}}}"
+            )))
+        })?;
+        input_from_json(j).map_err(ApiError)?
+    } else {
+        // Any other body is the encoded image itself (curl --data-binary @digit.png).
+        (
+            q.id.unwrap_or_default(),
+            Input::Image(body.to_vec()),
+            q.preprocessed,
+        )
+    };
+    let deadline = Instant::now() + state.request_timeout;
+    let c = engine
+        .classify(input, Some(deadline), Admission::FailFast, want)
+        .await
+        .map_err(ApiError)?;
+    let us = |d: std::time::Duration| d.as_micros() as u64;
+    Ok(serde_json::json!({
+        "id": id,
+        "digit": c.digit,
+        "confidence": c.confidence,
+        "probabilities": c.probabilities,
+        "model_version": &*c.model_version,
+        "timings": {
+            "queue_us": us(c.timings.queue),
+            "preprocess_us": us(c.timings.preprocess),
+            "inference_us": us(c.timings.inference),
+            "total_us": us(c.timings.total),
+        },
+        "preprocessed": c.preprocessed.map(|p| B64.encode(p)),
+    }))
+}
+
+async fn model(State(state): State<Arc<ServerState>>) -> Response {
+    match state.engine() {
+        Ok(engine) => {
+            let info = model_info(&engine, &state.limits);
+            Json(serde_json::json!({
+                "name": info.name,
+                "version": info.version,
+                "sha256": info.sha256,
+                "precision": info.precision,
+                "accuracy": info.accuracy,
+                "max_image_bytes": state.limits.max_image_bytes,
+                "max_pixels": state.limits.max_pixels,
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// The page and the JSON API.
+pub fn router(state: Arc<ServerState>, max_body: usize) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)) }),
+        )
+        .route("/v1/classify", post(classify))
+        .route("/v1/model", get(model))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
