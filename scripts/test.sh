@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Sets up what the tests need and runs them all. The README's test command.
 #  - ONNX Runtime (pinned wheel from PyPI, sha256-checked);
-#  - Chromium for the browser test (Debian's package, installed when missing
-#    and we are root; otherwise set CHROMIUM=/path/to/chromium);
-#  - playwright-core from npm (package-lock.json pins it).
+#  - Debian's chromium (browser test) and prometheus (promtool, and a real
+#    Prometheus scraping the server), installed when missing and we are root;
+#    otherwise set CHROMIUM / PROMETHEUS to existing binaries;
+#  - playwright-core from npm (tests/browser/package-lock.json pins it);
+#  - kubernetes-validate from PyPI, in .venv-deploy (scripts/validate-deploy.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-onnxruntime.sh
-if [[ -z "${CHROMIUM:-}" ]] && ! command -v chromium >/dev/null; then
+missing=()
+[[ -n "${CHROMIUM:-}" ]] || command -v chromium >/dev/null || missing+=(chromium)
+[[ -n "${PROMETHEUS:-}" ]] || command -v prometheus >/dev/null || missing+=(prometheus)
+if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "Installing Debian's chromium for the browser test ..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    echo "Installing Debian packages: ${missing[*]} ..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "The browser test needs Chromium: install it (apt-get install chromium) or set CHROMIUM." >&2
+    echo "The tests need: ${missing[*]} (apt-get install ${missing[*]}), or set CHROMIUM / PROMETHEUS." >&2
     exit 1
   fi
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 
 cargo fmt --all -- --check
+scripts/validate-deploy.sh
 cargo test --features train "$@"
 # The browser test drives the page served by the binary `cargo test` built.
 SCREENSHOT="${SCREENSHOT:-$(mktemp --suffix=.png)}" node tests/browser/draw.mjs target/debug/mnister-server

@@ -170,7 +170,6 @@ impl Engine {
         want_preprocessed: bool,
     ) -> Result<Classification, ServiceError> {
         let started = Instant::now();
-        let _inflight = InflightGuard::new();
         let permit = match admission {
             Admission::FailFast => self.batcher.try_admit().ok_or(ServiceError::QueueFull {
                 max_queue: self.config.batcher.max_queue,
@@ -188,6 +187,7 @@ impl Engine {
             }
         };
 
+        let _inflight = InflightGuard::new();
         let t = Instant::now();
         let image = self.preprocess(input).await?;
         let preprocess_time = t.elapsed();

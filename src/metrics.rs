@@ -15,6 +15,8 @@ pub const PREDICTIONS: &str = "mnister_predictions_total";
 pub const LOW_CONFIDENCE: &str = "mnister_low_confidence_total";
 pub const QUEUE_DEPTH: &str = "mnister_queue_depth";
 pub const INFLIGHT: &str = "mnister_inflight_requests";
+/// `--max-queue`: the most requests admitted at once.
+pub const QUEUE_CAPACITY: &str = "mnister_queue_capacity";
 pub const MODEL_INFO: &str = "mnister_model_info";
 /// Requests dropped before reaching the model, by reason.
 pub const DROPPED: &str = "mnister_dropped_requests_total";
@@ -53,7 +55,7 @@ fn batch_buckets(max_batch: usize) -> Vec<f64> {
 }
 
 /// Installs the global recorder and registers every series at zero.
-pub fn install(max_batch: usize) -> Result<PrometheusHandle, String> {
+pub fn install(max_batch: usize, max_queue: usize) -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .and_then(|b| {
@@ -62,11 +64,11 @@ pub fn install(max_batch: usize) -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("installing the metrics recorder: {e}"))?;
-    register();
+    register(max_queue);
     Ok(handle)
 }
 
-fn register() {
+fn register(max_queue: usize) {
     for rpc in RPCS {
         for code in CODES {
             counter!(REQUESTS, "rpc" => rpc, "code" => code).increment(0);
@@ -86,6 +88,7 @@ fn register() {
     }
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(INFLIGHT).set(0.0);
+    gauge!(QUEUE_CAPACITY).set(max_queue as f64);
     metrics::describe_counter!(
         REQUESTS,
         "Requests (stream frames count one each), by RPC and gRPC status code."
@@ -121,7 +124,14 @@ fn register() {
         "Requests dropped before reaching the model, by reason."
     );
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for a batch worker.");
-    metrics::describe_gauge!(INFLIGHT, "Requests admitted and not yet answered.");
+    metrics::describe_gauge!(
+        INFLIGHT,
+        "Requests admitted (preprocessing, queued or in a batch) and not yet answered."
+    );
+    metrics::describe_gauge!(
+        QUEUE_CAPACITY,
+        "The most requests admitted at once (--max-queue)."
+    );
     metrics::describe_gauge!(
         MODEL_INFO,
         "The loaded model (value 1), by version and sha256."

@@ -97,7 +97,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
-    let handle = crate::metrics::install(args.max_batch_size).map_err(anyhow::Error::msg)?;
+    let handle =
+        crate::metrics::install(args.max_batch_size, args.max_queue).map_err(anyhow::Error::msg)?;
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let http_listener = bind(args.metrics_addr, "metrics").await?;
     let web_listener = bind(args.http_addr, "HTTP (page and JSON API)").await?;
