@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The public API: messages plus tonic server/client stubs, and a
     // descriptor set for gRPC reflection.
-    let api_files = ["mnister/v1/classifier.proto"];
+    let api_files = [
+        "mnister/v1/classifier.proto",
+        "inference/grpc_service.proto",
+    ];
     let api = protox::compile(api_files, ["proto"])?;
     let descriptor_path = out_dir.join("mnister_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&api))?;

@@ -5,7 +5,8 @@
 #    Prometheus scraping the server), installed when missing and we are root;
 #    otherwise set CHROMIUM / PROMETHEUS to existing binaries;
 #  - playwright-core from npm (tests/browser/package-lock.json pins it);
-#  - kubernetes-validate from PyPI, in .venv-deploy (scripts/validate-deploy.sh).
+#  - kubernetes-validate from PyPI, in .venv-deploy (scripts/validate-deploy.sh);
+#  - tritonclient[grpc] from PyPI, in .venv-triton (tests/kserve/requirements.txt).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,6 +24,11 @@ if ((${#missing[@]})); then
   fi
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
+# Triton's Python client for the KServe v2 tests (tests/kserve.rs).
+if [[ ! -x .venv-triton/bin/python ]] || ! .venv-triton/bin/python -c 'import tritonclient.grpc' 2>/dev/null; then
+  python3 -m venv .venv-triton
+  .venv-triton/bin/pip install --quiet -r tests/kserve/requirements.txt
+fi
 
 cargo fmt --all -- --check
 scripts/validate-deploy.sh

@@ -96,18 +96,26 @@ impl Batcher {
         self.config
     }
 
-    /// A permit for a unary call, or None when the queue is full.
-    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.admission.clone().try_acquire_owned().ok()
+    /// `n` permits for a unary call, or None when the queue lacks room.
+    pub fn try_admit(&self, n: u32) -> Option<OwnedSemaphorePermit> {
+        self.admission.clone().try_acquire_many_owned(n).ok()
     }
 
-    /// Waits for a permit (streams: back-pressure instead of errors).
-    pub async fn admit(&self) -> OwnedSemaphorePermit {
+    /// Waits for `n` permits (streams: back-pressure instead of errors).
+    pub async fn admit(&self, n: u32) -> OwnedSemaphorePermit {
         self.admission
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(n)
             .await
             .expect("the admission semaphore is never closed")
+    }
+
+    /// A permit for nothing, to take the place of one moved out.
+    pub fn empty_permit(&self) -> OwnedSemaphorePermit {
+        self.admission
+            .clone()
+            .try_acquire_many_owned(0)
+            .expect("zero permits are always available")
     }
 
     /// Queues an admitted job; never blocks, because the channel has room

@@ -66,6 +66,10 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
+    /// Model name on the KServe v2 / Triton endpoint (inference.GRPCInferenceService).
+    #[arg(long, env = "MNISTER_KSERVE_MODEL_NAME", default_value = "mnist")]
+    pub kserve_model_name: String,
+
     /// Largest batch handed to ONNX Runtime.
     #[arg(long, env = "MNISTER_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,

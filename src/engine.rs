@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::backend::ort::{OrtBackend, RuntimeError, init_runtime};
 use crate::backend::{Backend, CLASSES, ModelFile};
@@ -29,6 +29,8 @@ pub enum Input {
     },
     /// 784 bytes already in MNIST form: used as is.
     Mnist(Vec<u8>),
+    /// 784 floats already in MNIST form (0..1): used as is.
+    Floats(Vec<f32>),
 }
 
 /// Whether a full server fails the request or makes it wait.
@@ -170,23 +172,89 @@ impl Engine {
         want_preprocessed: bool,
     ) -> Result<Classification, ServiceError> {
         let started = Instant::now();
-        let permit = match admission {
-            Admission::FailFast => self.batcher.try_admit().ok_or(ServiceError::QueueFull {
+        let permit = self.admit(1, deadline, admission).await?;
+        self.classify_admitted(input, permit, deadline, want_preprocessed, started)
+            .await
+    }
+
+    /// Classifies several images of one request (a KServe batch). They are
+    /// admitted together, all or none, then flow through the shared
+    /// batcher like any other requests; answers keep the input order.
+    pub async fn classify_many(
+        self: &Arc<Self>,
+        inputs: Vec<Input>,
+        deadline: Option<Instant>,
+        admission: Admission,
+    ) -> Result<Vec<Classification>, ServiceError> {
+        let started = Instant::now();
+        let n = inputs.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n > self.config.batcher.max_queue {
+            return Err(ServiceError::BadRequest(format!(
+                "{n} images in one request; at most {} (--max-queue) are accepted",
+                self.config.batcher.max_queue
+            )));
+        }
+        let mut permit = self.admit(n as u32, deadline, admission).await?;
+        let mut tasks = Vec::with_capacity(n);
+        for input in inputs {
+            let one = if permit.num_permits() > 1 {
+                permit.split(1).expect("a permit per image")
+            } else {
+                std::mem::replace(&mut permit, self.batcher.empty_permit())
+            };
+            let engine = self.clone();
+            tasks.push(tokio::spawn(async move {
+                engine
+                    .classify_admitted(input, one, deadline, false, started)
+                    .await
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(
+                t.await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Admission: `n` permits at once, or why not.
+    async fn admit(
+        &self,
+        n: u32,
+        deadline: Option<Instant>,
+        admission: Admission,
+    ) -> Result<OwnedSemaphorePermit, ServiceError> {
+        match admission {
+            Admission::FailFast => self.batcher.try_admit(n).ok_or(ServiceError::QueueFull {
                 max_queue: self.config.batcher.max_queue,
-            })?,
+            }),
             Admission::Wait => {
-                let wait = self.batcher.admit();
+                let wait = self.batcher.admit(n);
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d.into(), wait).await.map_err(|_| {
                         ServiceError::DeadlineExceeded(
                             "the deadline passed while waiting for queue capacity".into(),
                         )
-                    })?,
-                    None => wait.await,
+                    }),
+                    None => Ok(wait.await),
                 }
             }
-        };
+        }
+    }
 
+    async fn classify_admitted(
+        &self,
+        input: Input,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Instant>,
+        want_preprocessed: bool,
+        started: Instant,
+    ) -> Result<Classification, ServiceError> {
         let _inflight = InflightGuard::new();
         let t = Instant::now();
         let image = self.preprocess(input).await?;
@@ -246,6 +314,7 @@ impl Engine {
         match input {
             // Cheap enough to do inline: a copy and a scale.
             Input::Mnist(bytes) => Ok(Box::new(preprocess::normalize_mnist(&bytes)?)),
+            Input::Floats(v) => Ok(Box::new(preprocess::check_mnist_floats(&v)?)),
             other => {
                 let limits = self.config.limits;
                 let (tx, rx) = oneshot::channel();
@@ -257,7 +326,7 @@ impl Engine {
                             height,
                             data,
                         } => preprocess::preprocess_pixels(width, height, &data, &limits),
-                        Input::Mnist(_) => unreachable!("handled above"),
+                        Input::Mnist(_) | Input::Floats(_) => unreachable!("handled above"),
                     };
                     let _ = tx.send(r.map(Box::new));
                 });

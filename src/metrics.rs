@@ -21,10 +21,18 @@ pub const MODEL_INFO: &str = "mnister_model_info";
 /// Requests dropped before reaching the model, by reason.
 pub const DROPPED: &str = "mnister_dropped_requests_total";
 
-/// The RPCs we label requests with (HttpClassify is the JSON API).
-pub const RPCS: [&str; 4] = ["Classify", "ClassifyStream", "GetModelInfo", "HttpClassify"];
+/// The RPCs we label requests with (HttpClassify is the JSON API;
+/// ModelInfer and ModelStreamInfer the KServe v2 endpoint).
+pub const RPCS: [&str; 6] = [
+    "Classify",
+    "ClassifyStream",
+    "GetModelInfo",
+    "HttpClassify",
+    "ModelInfer",
+    "ModelStreamInfer",
+];
 /// The gRPC codes our handlers can answer with.
-pub const CODES: [&str; 8] = [
+pub const CODES: [&str; 9] = [
     "OK",
     "INVALID_ARGUMENT",
     "RESOURCE_EXHAUSTED",
@@ -33,6 +41,7 @@ pub const CODES: [&str; 8] = [
     "UNAVAILABLE",
     "INTERNAL",
     "UNAUTHENTICATED",
+    "NOT_FOUND",
 ];
 pub const DROP_REASONS: [&str; 2] = ["deadline_exceeded", "cancelled"];
 

@@ -76,8 +76,12 @@ pub enum PreprocessError {
         expected: u64,
         got: usize,
     },
-    #[error("mnist input must be exactly {PIXELS} bytes (28x28, one byte per pixel), got {got}")]
+    #[error("mnist input must be exactly {PIXELS} values (28x28, one per pixel), got {got}")]
     MnistSize { got: usize },
+    #[error(
+        "pixel {index} is not a finite number; MNIST-form floats must be finite (normally 0..1)"
+    )]
+    NotFinite { index: usize },
     #[error(
         "image is blank: no ink stands out from the background (contrast {contrast} of 255, at least {MIN_CONTRAST} needed); send an image with a visible digit"
     )]
@@ -94,6 +98,19 @@ pub fn normalize_mnist(bytes: &[u8]) -> Result<MnistImage, PreprocessError> {
     for (o, &b) in out.iter_mut().zip(bytes) {
         *o = f32::from(b) / 255.0;
     }
+    Ok(out)
+}
+
+/// 784 floats already in MNIST form, checked to be finite.
+pub fn check_mnist_floats(values: &[f32]) -> Result<MnistImage, PreprocessError> {
+    if values.len() != PIXELS {
+        return Err(PreprocessError::MnistSize { got: values.len() });
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(PreprocessError::NotFinite { index: i });
+    }
+    let mut out = [0f32; PIXELS];
+    out.copy_from_slice(values);
     Ok(out)
 }
 

@@ -8,3 +8,9 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/mnister_descriptor.bin"));
 }
+
+/// The Open Inference Protocol (KServe v2) with Triton's extensions.
+#[allow(clippy::all, missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}

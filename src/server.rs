@@ -17,10 +17,12 @@ use crate::batcher::BatcherConfig;
 use crate::config::ServerArgs;
 use crate::engine::{Engine, EngineConfig};
 use crate::preprocess::Limits;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::v1 as pb;
 use crate::proto::v1::digit_classifier_server::DigitClassifierServer;
 use crate::service::ServerState;
 use crate::service::classifier::ClassifierService;
+use crate::service::kserve::KServeService;
 
 /// The gRPC service name health checks report on.
 pub const SERVICE_NAME: &str = "mnister.v1.DigitClassifier";
@@ -125,6 +127,12 @@ pub async fn serve(
     let classifier = DigitClassifierServer::new(ClassifierService::new(state.clone()))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
+    let kserve = GrpcInferenceServiceServer::new(KServeService::new(
+        state.clone(),
+        args.kserve_model_name.clone(),
+    ))
+    .max_decoding_message_size(args.max_message_bytes)
+    .max_encoding_message_size(args.max_message_bytes);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -140,6 +148,7 @@ pub async fn serve(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(classifier)
+            .add_service(kserve)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped()),
     );
     let upkeep = {

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use metrics::{counter, histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::ServerState;
@@ -102,64 +100,26 @@ impl DigitClassifier for ClassifierService {
 
     type ClassifyStreamStream = ResponseStream;
 
-    /// Reads frames with at most `max_frames_in_flight` of them being worked
-    /// on; answers them in request order. When that window is full the
-    /// reader stops, and HTTP/2 flow control pushes back on the client. A
-    /// client that never reads its responses stalls the same window, so
-    /// memory stays bounded either way.
+    /// Frames flow through `ordered_stream`: bounded window, request order.
     async fn classify_stream(
         &self,
         request: Request<Streaming<pb::ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         let engine = self.state.engine().map_err(Status::from)?;
         let deadline = self.state.deadline(request.metadata());
-        let mut inbound = request.into_inner();
-        let window = self.state.max_frames_in_flight;
-        let (out_tx, out_rx) = mpsc::channel::<Result<pb::ClassifyResponse, Status>>(window);
-        let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<(
-            oneshot::Receiver<pb::ClassifyResponse>,
-            OwnedSemaphorePermit,
-        )>();
-        let window_permits = Arc::new(Semaphore::new(window));
-
-        // Writer: forwards answers in the order the frames arrived, and only
-        // then frees the frame's place in the window.
-        tokio::spawn(async move {
-            while let Some((rx, permit)) = pending_rx.recv().await {
-                let Ok(resp) = rx.await else { return };
-                if out_tx.send(Ok(resp)).await.is_err() {
-                    return; // the client went away
-                }
-                drop(permit);
-            }
-        });
-
-        // Reader: takes a place in the window before reading each frame.
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = window_permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let frame = match inbound.message().await {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break, // half-closed: the writer drains and ends the stream
-                    Err(status) => {
-                        tracing::debug!(%status, "stream read ended");
-                        break;
-                    }
-                };
-                let (tx, rx) = oneshot::channel();
-                if pending_tx.send((rx, permit)).is_err() {
-                    break;
-                }
+        let inbound = request.into_inner();
+        let out = super::ordered_stream(
+            inbound,
+            self.state.max_frames_in_flight,
+            move |frame: pb::ClassifyRequest| {
                 let engine = engine.clone();
-                tokio::spawn(async move {
+                async move {
                     let started = Instant::now();
                     let id = frame.id.clone();
                     let result = classify(&engine, frame, deadline, Admission::Wait).await;
                     let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
                     record("ClassifyStream", code, started);
-                    let resp = result.unwrap_or_else(|e| pb::ClassifyResponse {
+                    result.unwrap_or_else(|e| pb::ClassifyResponse {
                         id,
                         model_version: engine.version.to_string(),
                         error: Some(pb::FrameError {
@@ -167,13 +127,11 @@ impl DigitClassifier for ClassifierService {
                             message: e.to_string(),
                         }),
                         ..Default::default()
-                    });
-                    let _ = tx.send(resp);
-                });
-            }
-        });
-
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+                    })
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn get_model_info(

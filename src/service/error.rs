@@ -15,6 +15,8 @@ pub enum ServiceError {
     NoInput,
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    UnknownModel(String),
     #[error("the server is at capacity ({max_queue} requests admitted); retry with backoff")]
     QueueFull { max_queue: usize },
     #[error("deadline exceeded: {0}")]
@@ -36,6 +38,7 @@ impl ServiceError {
                 Code::InvalidArgument
             }
             ServiceError::QueueFull { .. } => Code::ResourceExhausted,
+            ServiceError::UnknownModel(_) => Code::NotFound,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Cancelled => Code::Cancelled,
             ServiceError::NotReady | ServiceError::ShuttingDown => Code::Unavailable,
@@ -69,6 +72,7 @@ pub fn code_label(code: Code) -> &'static str {
         Code::Cancelled => "CANCELLED",
         Code::Unavailable => "UNAVAILABLE",
         Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::NotFound => "NOT_FOUND",
         _ => "INTERNAL",
     }
 }

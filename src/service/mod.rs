@@ -4,12 +4,16 @@
 
 pub mod classifier;
 pub mod error;
+pub mod kserve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
 
 use crate::engine::Engine;
 use crate::proto::v1 as pb;
@@ -68,6 +72,67 @@ impl ServerState {
             None => now + self.request_timeout,
         }
     }
+}
+
+/// Runs `handle` on every message of a bidirectional stream and answers in
+/// request order. At most `window` messages are read and not yet answered:
+/// when the window is full the reader stops, and HTTP/2 flow control pushes
+/// back on the client. A client that never reads its answers stalls the same
+/// window, so memory stays bounded either way. The answer stream ends after
+/// the client half-closes and the last answer is sent.
+pub fn ordered_stream<Req, Resp, F, Fut>(
+    mut inbound: Streaming<Req>,
+    window: usize,
+    handle: F,
+) -> ReceiverStream<Result<Resp, Status>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel::<Result<Resp, Status>>(window);
+    let (pending_tx, mut pending_rx) =
+        mpsc::unbounded_channel::<(oneshot::Receiver<Resp>, OwnedSemaphorePermit)>();
+    let places = Arc::new(Semaphore::new(window));
+
+    // Writer: forwards answers in arrival order, and only then frees the
+    // message's place in the window.
+    tokio::spawn(async move {
+        while let Some((rx, place)) = pending_rx.recv().await {
+            let Ok(resp) = rx.await else { return };
+            if out_tx.send(Ok(resp)).await.is_err() {
+                return; // the client went away
+            }
+            drop(place);
+        }
+    });
+
+    // Reader: takes a place in the window before reading each message.
+    tokio::spawn(async move {
+        loop {
+            let Ok(place) = places.clone().acquire_owned().await else {
+                break;
+            };
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break, // half-closed: the writer drains and ends the stream
+                Err(status) => {
+                    tracing::debug!(%status, "stream read ended");
+                    break;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            if pending_tx.send((rx, place)).is_err() {
+                break;
+            }
+            let fut = handle(msg);
+            tokio::spawn(async move {
+                let _ = tx.send(fut.await);
+            });
+        }
+    });
+    ReceiverStream::new(out_rx)
 }
 
 /// Parses a grpc-timeout header value: up to 8 digits and a unit
