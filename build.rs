@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // descriptor set for gRPC reflection.
     let api_files = [
         "mnister/v1/classifier.proto",
+        "mnister/v1/admin.proto",
         "inference/grpc_service.proto",
     ];
     let api = protox::compile(api_files, ["proto"])?;

@@ -131,6 +131,24 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_WARMUP_RUNS", default_value_t = 1)]
     pub warmup_runs: usize,
 
+    /// Before serving a model (at start and on reload), require it to read at
+    /// least this fraction of 200 built-in MNIST test digits; 0 turns the
+    /// check off.
+    #[arg(long, env = "MNISTER_GOLDEN_MIN_ACCURACY", default_value_t = 0.95)]
+    pub golden_min_accuracy: f32,
+
+    /// Reload the model when the --model file changes (checked every
+    /// --watch-interval). SIGHUP always reloads.
+    #[arg(long, env = "MNISTER_WATCH_MODEL")]
+    pub watch_model: bool,
+
+    #[arg(long, env = "MNISTER_WATCH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub watch_interval: Duration,
+
+    /// Serve mnister.v1.Admin (ReloadModel). Off by default.
+    #[arg(long, env = "MNISTER_ENABLE_ADMIN_RPC")]
+    pub enable_admin_rpc: bool,
+
     /// Time in-flight work gets to finish after SIGTERM/SIGINT.
     #[arg(long, env = "MNISTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -168,6 +186,12 @@ impl ServerArgs {
             p.push(format!(
                 "--max-message-bytes ({}) must be at least --max-image-bytes ({})",
                 self.max_message_bytes, self.max_image_bytes
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.golden_min_accuracy) {
+            p.push(format!(
+                "--golden-min-accuracy must be in [0, 1], got {}",
+                self.golden_min_accuracy
             ));
         }
         if !(0.0..=1.0).contains(&self.low_confidence) {

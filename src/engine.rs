@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub limits: Limits,
     pub low_confidence: f32,
     pub warmup_runs: usize,
+    /// Refuse a model that reads fewer of the built-in golden digits.
+    pub golden_min_accuracy: Option<f32>,
 }
 
 /// A loaded model with its sessions, batcher and preprocessing pool.
@@ -88,6 +90,16 @@ pub enum EngineError {
     Runtime(#[from] RuntimeError),
     #[error("warm-up batch failed on {model}: {reason}")]
     WarmUp { model: String, reason: String },
+    #[error(
+        "{model} read {right} of {total} golden digits ({accuracy:.1}%), below the required {required:.1}%"
+    )]
+    Golden {
+        model: String,
+        right: usize,
+        total: usize,
+        accuracy: f32,
+        required: f32,
+    },
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -130,6 +142,9 @@ impl Engine {
                     })?;
             }
             backends.push(Box::new(b));
+        }
+        if let Some(required) = config.golden_min_accuracy {
+            golden_check(&mut *backends[0], &model, required)?;
         }
         Ok(Self::with_backends(model, backends, config))
     }
@@ -338,6 +353,60 @@ impl Engine {
             }
         }
     }
+}
+
+/// 200 MNIST test digits with labels, built in, for checking a model before
+/// it serves (the first 1,000 test images are the tests' own).
+const GOLDEN_IMAGES: &[u8] = include_bytes!("../models/golden-images-idx3-ubyte.gz");
+const GOLDEN_LABELS: &[u8] = include_bytes!("../models/golden-labels-idx1-ubyte.gz");
+
+fn golden_check(
+    backend: &mut dyn Backend,
+    model: &ModelFile,
+    required: f32,
+) -> Result<(), EngineError> {
+    let gunzip = |b: &[u8]| {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut out).map(|_| out)
+    };
+    let images = gunzip(GOLDEN_IMAGES)
+        .ok()
+        .and_then(|b| crate::idx::parse_images(&b).ok());
+    let labels = gunzip(GOLDEN_LABELS)
+        .ok()
+        .and_then(|b| crate::idx::parse_labels(&b).ok());
+    let (Some(images), Some(labels)) = (images, labels) else {
+        unreachable!("the built-in golden digits are valid IDX files");
+    };
+    let total = labels.labels.len();
+    let mut right = 0;
+    for start in (0..total).step_by(50) {
+        let n = (total - start).min(50);
+        let input: Vec<f32> = images.pixels[start * PIXELS..(start + n) * PIXELS]
+            .iter()
+            .map(|&b| f32::from(b) / 255.0)
+            .collect();
+        let probs = backend.infer(&input, n).map_err(|e| EngineError::WarmUp {
+            model: model.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        right += probs
+            .chunks(CLASSES)
+            .zip(&labels.labels[start..start + n])
+            .filter(|(p, l)| crate::backend::argmax(p) == **l as usize)
+            .count();
+    }
+    let accuracy = right as f32 / total as f32 * 100.0;
+    if accuracy < required * 100.0 {
+        return Err(EngineError::Golden {
+            model: model.path.display().to_string(),
+            right,
+            total,
+            accuracy,
+            required: required * 100.0,
+        });
+    }
+    Ok(())
 }
 
 const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod onnx;
 pub mod preprocess;
 pub mod proto;
+pub mod reload;
 pub mod server;
 pub mod service;
 

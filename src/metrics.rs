@@ -18,6 +18,8 @@ pub const INFLIGHT: &str = "mnister_inflight_requests";
 /// `--max-queue`: the most requests admitted at once.
 pub const QUEUE_CAPACITY: &str = "mnister_queue_capacity";
 pub const MODEL_INFO: &str = "mnister_model_info";
+/// Model reloads, by result (success, failure).
+pub const RELOADS: &str = "mnister_model_reloads_total";
 /// Requests dropped before reaching the model, by reason.
 pub const DROPPED: &str = "mnister_dropped_requests_total";
 
@@ -92,6 +94,13 @@ fn register(max_queue: usize) {
         counter!(PREDICTIONS, "digit" => d.to_string()).increment(0);
     }
     counter!(LOW_CONFIDENCE).increment(0);
+    for r in ["success", "failure"] {
+        counter!(RELOADS, "result" => r).increment(0);
+    }
+    metrics::describe_counter!(
+        RELOADS,
+        "Model reloads, by result; a failure leaves the previous model serving."
+    );
     for r in DROP_REASONS {
         counter!(DROPPED, "reason" => r).increment(0);
     }

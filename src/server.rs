@@ -19,8 +19,11 @@ use crate::engine::{Engine, EngineConfig};
 use crate::preprocess::Limits;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::v1 as pb;
+use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::digit_classifier_server::DigitClassifierServer;
+use crate::reload::Reloader;
 use crate::service::ServerState;
+use crate::service::admin::AdminService;
 use crate::service::classifier::ClassifierService;
 use crate::service::kserve::KServeService;
 
@@ -43,6 +46,7 @@ pub fn engine_config(args: &ServerArgs) -> EngineConfig {
         },
         low_confidence: args.low_confidence,
         warmup_runs: args.warmup_runs,
+        golden_min_accuracy: (args.golden_min_accuracy > 0.0).then_some(args.golden_min_accuracy),
     }
 }
 
@@ -134,6 +138,16 @@ pub async fn serve(
     .max_decoding_message_size(args.max_message_bytes)
     .max_encoding_message_size(args.max_message_bytes);
 
+    let reloader = Reloader::new(
+        state.clone(),
+        engine_config(&args),
+        args.model.clone(),
+        args.ort_lib.clone(),
+    );
+    let admin = args
+        .enable_admin_rpc
+        .then(|| AdminServer::new(AdminService::new(reloader.clone())));
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -149,6 +163,7 @@ pub async fn serve(
             .add_service(reflection)
             .add_service(classifier)
             .add_service(kserve)
+            .add_optional_service(admin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped()),
     );
     let upkeep = {
@@ -209,6 +224,10 @@ pub async fn serve(
         "serving"
     );
     state.engine.store(Some(Arc::new(engine)));
+    reloader.on_sighup();
+    if args.watch_model {
+        reloader.watch(args.watch_interval);
+    }
     for name in ["", SERVICE_NAME] {
         health
             .set_service_status(name, ServingStatus::Serving)

@@ -105,23 +105,35 @@ impl DigitClassifier for ClassifierService {
         &self,
         request: Request<Streaming<pb::ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
-        let engine = self.state.engine().map_err(Status::from)?;
+        // Fail the call itself when nothing can be served; after that each
+        // frame takes the engine current at its arrival, so a reload applies
+        // to long-lived streams too.
+        self.state.engine().map_err(Status::from)?;
         let deadline = self.state.deadline(request.metadata());
+        let state = self.state.clone();
         let inbound = request.into_inner();
         let out = super::ordered_stream(
             inbound,
             self.state.max_frames_in_flight,
             move |frame: pb::ClassifyRequest| {
-                let engine = engine.clone();
+                let state = state.clone();
                 async move {
                     let started = Instant::now();
                     let id = frame.id.clone();
-                    let result = classify(&engine, frame, deadline, Admission::Wait).await;
+                    let engine = state.engine();
+                    let version = engine
+                        .as_ref()
+                        .map(|e| e.version.to_string())
+                        .unwrap_or_default();
+                    let result = match engine {
+                        Ok(engine) => classify(&engine, frame, deadline, Admission::Wait).await,
+                        Err(e) => Err(e),
+                    };
                     let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
                     record("ClassifyStream", code, started);
                     result.unwrap_or_else(|e| pb::ClassifyResponse {
                         id,
-                        model_version: engine.version.to_string(),
+                        model_version: version,
                         error: Some(pb::FrameError {
                             code: e.code() as i32,
                             message: e.to_string(),

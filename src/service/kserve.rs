@@ -44,20 +44,29 @@ impl KServeService {
     }
 
     fn check_model(&self, engine: &Engine, name: &str, version: &str) -> Result<(), ServiceError> {
-        if name != self.model_name {
-            return Err(ServiceError::UnknownModel(format!(
-                "unknown model {name:?}; this server serves {:?}",
-                self.model_name
-            )));
-        }
-        if !version.is_empty() && version != &*engine.version {
-            return Err(ServiceError::UnknownModel(format!(
-                "model {name:?} has no version {version:?}; the loaded version is {:?}",
-                &*engine.version
-            )));
-        }
-        Ok(())
+        check_model(&self.model_name, engine, name, version)
     }
+}
+
+/// The request names the served model (and, if it names one, its version).
+fn check_model(
+    served: &str,
+    engine: &Engine,
+    name: &str,
+    version: &str,
+) -> Result<(), ServiceError> {
+    if name != served {
+        return Err(ServiceError::UnknownModel(format!(
+            "unknown model {name:?}; this server serves {served:?}"
+        )));
+    }
+    if !version.is_empty() && version != &*engine.version {
+        return Err(ServiceError::UnknownModel(format!(
+            "model {name:?} has no version {version:?}; the loaded version is {:?}",
+            &*engine.version
+        )));
+    }
+    Ok(())
 }
 
 fn record(rpc: &'static str, code: Code, started: Instant) {
@@ -433,30 +442,31 @@ impl GrpcInferenceService for KServeService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let engine = self.state.engine().map_err(Status::from)?;
+        self.state.engine().map_err(Status::from)?;
         let deadline = self.state.deadline(request.metadata());
+        let state = self.state.clone();
         let model_name = self.model_name.clone();
-        let version = engine.version.clone();
         let out = super::ordered_stream(
             request.into_inner(),
             self.state.max_frames_in_flight,
             move |req: pb::ModelInferRequest| {
-                let (engine, model_name, version) =
-                    (engine.clone(), model_name.clone(), version.clone());
+                let (state, model_name) = (state.clone(), model_name.clone());
                 async move {
                     let started = Instant::now();
-                    let result = if req.model_name != model_name {
-                        Err(ServiceError::UnknownModel(format!(
-                            "unknown model {:?}; this server serves {model_name:?}",
-                            req.model_name
-                        )))
-                    } else if !req.model_version.is_empty() && req.model_version != *version {
-                        Err(ServiceError::UnknownModel(format!(
-                            "model {model_name:?} has no version {:?}; the loaded version is {:?}",
-                            req.model_version, &*version
-                        )))
-                    } else {
-                        infer(&model_name, &engine, req, deadline, Admission::Wait).await
+                    // The engine current at each request's arrival, so reloads apply.
+                    let result = match state.engine() {
+                        Ok(engine) => match check_model(
+                            &model_name,
+                            &engine,
+                            &req.model_name,
+                            &req.model_version,
+                        ) {
+                            Ok(()) => {
+                                infer(&model_name, &engine, req, deadline, Admission::Wait).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
                     };
                     let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
                     record("ModelStreamInfer", code, started);

@@ -2,6 +2,7 @@
 //! the state it shares with the server (the current engine, limits,
 //! readiness).
 
+pub mod admin;
 pub mod classifier;
 pub mod error;
 pub mod kserve;

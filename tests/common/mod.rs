@@ -37,6 +37,10 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the server with `extra` flags and waits until it listens.
     pub fn start(extra: &[&str]) -> TestServer {
+        Self::start_with_model(&default_model(), extra)
+    }
+
+    pub fn start_with_model(model: &std::path::Path, extra: &[&str]) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnister-server"));
         cmd.args([
             "--grpc-addr",
@@ -47,7 +51,7 @@ impl TestServer {
             "127.0.0.1:0",
         ])
         .arg("--model")
-        .arg(default_model())
+        .arg(model)
         .args(extra)
         .env("RUST_LOG", "info,ort=warn")
         .stdout(Stdio::null())
@@ -134,6 +138,13 @@ impl TestServer {
 
     pub fn scrape(&self) -> String {
         http_get(self.metrics_addr, "/metrics")
+    }
+
+    /// Sends a signal (e.g. "HUP") to the server.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
     }
 
     /// Sends SIGTERM and waits for the exit.
