@@ -31,7 +31,7 @@ async fn reloads_under_load_lose_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
     std::fs::write(&model, model_with_version("v1")).unwrap();
-    let mut server = TestServer::start_with_model(&model, &["--enable-admin-rpc"]);
+    let server = TestServer::start_with_model(&model, &["--enable-admin-rpc"]);
     server.wait_serving().await;
     let ds = Arc::new(test_set());
     let stop = Arc::new(AtomicBool::new(false));
