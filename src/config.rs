@@ -70,6 +70,23 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_KSERVE_MODEL_NAME", default_value = "mnist")]
     pub kserve_model_name: String,
 
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key turns TLS on.
+    #[arg(long, env = "MNISTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "MNISTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) that client certificates must chain to: mutual TLS.
+    #[arg(long, env = "MNISTER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File holding a bearer token that inference calls (gRPC and the JSON
+    /// API) must present; health and reflection stay open.
+    #[arg(long, env = "MNISTER_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// Largest batch handed to ONNX Runtime.
     #[arg(long, env = "MNISTER_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,

@@ -213,8 +213,25 @@ impl Engine {
             )));
         }
         let mut permit = self.admit(n as u32, deadline, admission).await?;
+        let _inflight: Vec<InflightGuard> = (0..n).map(|_| InflightGuard::new()).collect();
+        // Decode every image first, so that one bad image fails the request
+        // before any of its siblings costs model time.
+        let decodes: Vec<_> = inputs
+            .into_iter()
+            .map(|input| {
+                let engine = self.clone();
+                tokio::spawn(async move { engine.timed_preprocess(input).await })
+            })
+            .collect();
+        let mut images = Vec::with_capacity(n);
+        for t in decodes {
+            images.push(
+                t.await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))??,
+            );
+        }
         let mut tasks = Vec::with_capacity(n);
-        for input in inputs {
+        for (image, preprocess_time) in images {
             let one = if permit.num_permits() > 1 {
                 permit.split(1).expect("a permit per image")
             } else {
@@ -223,7 +240,7 @@ impl Engine {
             let engine = self.clone();
             tasks.push(tokio::spawn(async move {
                 engine
-                    .classify_admitted(input, one, deadline, false, started)
+                    .infer_preprocessed(image, preprocess_time, one, deadline, false, started)
                     .await
             }));
         }
@@ -271,10 +288,39 @@ impl Engine {
         started: Instant,
     ) -> Result<Classification, ServiceError> {
         let _inflight = InflightGuard::new();
+        let (image, preprocess_time) = self.timed_preprocess(input).await?;
+        self.infer_preprocessed(
+            image,
+            preprocess_time,
+            permit,
+            deadline,
+            want_preprocessed,
+            started,
+        )
+        .await
+    }
+
+    async fn timed_preprocess(
+        &self,
+        input: Input,
+    ) -> Result<(Box<MnistImage>, Duration), ServiceError> {
         let t = Instant::now();
         let image = self.preprocess(input).await?;
         let preprocess_time = t.elapsed();
         histogram!(m::PREPROCESS_DURATION).record(preprocess_time.as_secs_f64());
+        Ok((image, preprocess_time))
+    }
+
+    /// Hands a decoded image to the batcher and waits for its answer.
+    async fn infer_preprocessed(
+        &self,
+        image: Box<MnistImage>,
+        preprocess_time: Duration,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Instant>,
+        want_preprocessed: bool,
+        started: Instant,
+    ) -> Result<Classification, ServiceError> {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             counter!(m::DROPPED, "reason" => "deadline_exceeded").increment(1);
             return Err(ServiceError::DeadlineExceeded(format!(

@@ -138,6 +138,13 @@ async fn classify_inner(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<serde_json::Value, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.check(token).map_err(|why| {
+        metrics::counter!(m::UNAUTHENTICATED).increment(1);
+        ApiError(ServiceError::Unauthenticated(why.to_string()))
+    })?;
     let engine = state.engine().map_err(ApiError)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)

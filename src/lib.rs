@@ -5,6 +5,7 @@
 //! preprocessing, results) → `batcher` (queue and batch workers) →
 //! `backend` (ONNX Runtime behind a trait).
 
+pub mod auth;
 pub mod backend;
 pub mod batcher;
 pub mod cli;

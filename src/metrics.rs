@@ -18,6 +18,8 @@ pub const INFLIGHT: &str = "mnister_inflight_requests";
 /// `--max-queue`: the most requests admitted at once.
 pub const QUEUE_CAPACITY: &str = "mnister_queue_capacity";
 pub const MODEL_INFO: &str = "mnister_model_info";
+/// Calls refused for a missing or wrong bearer token.
+pub const UNAUTHENTICATED: &str = "mnister_unauthenticated_total";
 /// Model reloads, by result (success, failure).
 pub const RELOADS: &str = "mnister_model_reloads_total";
 /// Requests dropped before reaching the model, by reason.
@@ -94,6 +96,11 @@ fn register(max_queue: usize) {
         counter!(PREDICTIONS, "digit" => d.to_string()).increment(0);
     }
     counter!(LOW_CONFIDENCE).increment(0);
+    counter!(UNAUTHENTICATED).increment(0);
+    metrics::describe_counter!(
+        UNAUTHENTICATED,
+        "Calls refused for a missing or wrong bearer token."
+    );
     for r in ["success", "failure"] {
         counter!(RELOADS, "result" => r).increment(0);
     }

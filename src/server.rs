@@ -13,6 +13,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::auth::TokenAuth;
 use crate::batcher::BatcherConfig;
 use crate::config::ServerArgs;
 use crate::engine::{Engine, EngineConfig};
@@ -96,6 +100,25 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
+/// TLS for the gRPC port from --tls-cert/--tls-key (and --tls-client-ca for
+/// mutual TLS), or None.
+fn tls_config(args: &ServerArgs) -> Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading the TLS {what} {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "certificate")?,
+        read(key, "key")?,
+    ));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(Some(tls))
+}
+
 /// Runs the server until `shutdown` resolves, then drains within the grace.
 pub async fn serve(
     args: ServerArgs,
@@ -112,10 +135,16 @@ pub async fn serve(
     let metrics_addr = http_listener.local_addr()?;
     let http_addr = web_listener.local_addr()?;
 
+    let auth = match &args.auth_token_file {
+        Some(p) => TokenAuth::from_file(p).map_err(anyhow::Error::msg)?,
+        None => TokenAuth::default(),
+    };
+    let tls = tls_config(&args)?;
     let state = ServerState::new(
         limits(&args),
         args.request_timeout,
         args.max_frames_in_flight,
+        auth.clone(),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
@@ -128,15 +157,23 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let classifier = DigitClassifierServer::new(ClassifierService::new(state.clone()))
+    // The inference services sit behind the token check; health and
+    // reflection do not.
+    let classifier = InterceptedService::new(
+        DigitClassifierServer::new(ClassifierService::new(state.clone()))
+            .max_decoding_message_size(args.max_message_bytes)
+            .max_encoding_message_size(args.max_message_bytes),
+        auth.clone(),
+    );
+    let kserve = InterceptedService::new(
+        GrpcInferenceServiceServer::new(KServeService::new(
+            state.clone(),
+            args.kserve_model_name.clone(),
+        ))
         .max_decoding_message_size(args.max_message_bytes)
-        .max_encoding_message_size(args.max_message_bytes);
-    let kserve = GrpcInferenceServiceServer::new(KServeService::new(
-        state.clone(),
-        args.kserve_model_name.clone(),
-    ))
-    .max_decoding_message_size(args.max_message_bytes)
-    .max_encoding_message_size(args.max_message_bytes);
+        .max_encoding_message_size(args.max_message_bytes),
+        auth.clone(),
+    );
 
     let reloader = Reloader::new(
         state.clone(),
@@ -144,9 +181,12 @@ pub async fn serve(
         args.model.clone(),
         args.ort_lib.clone(),
     );
-    let admin = args
-        .enable_admin_rpc
-        .then(|| AdminServer::new(AdminService::new(reloader.clone())));
+    let admin = args.enable_admin_rpc.then(|| {
+        InterceptedService::new(
+            AdminServer::new(AdminService::new(reloader.clone())),
+            auth.clone(),
+        )
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -155,8 +195,12 @@ pub async fn serve(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("configuring TLS")?;
+    }
     let mut grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .tcp_nodelay(true)
             .max_concurrent_streams(args.max_concurrent_streams)
             .add_service(health_service)
@@ -220,6 +264,9 @@ pub async fn serve(
         max_image_bytes = args.max_image_bytes,
         max_pixels = args.max_pixels,
         max_frames_in_flight = args.max_frames_in_flight,
+        tls = args.tls_cert.is_some(),
+        mtls = args.tls_client_ca.is_some(),
+        auth = state.auth.enabled(),
         startup_ms = process_start.elapsed().as_millis() as u64,
         "serving"
     );

@@ -178,7 +178,7 @@ pub async fn run(conn: &Connection, args: &BenchArgs) -> Result<Report, CliError
         (Mode::Unary, Some(rps)) => {
             open_unary(conn, args, &clients, inputs, rps, measure_from, end).await?
         }
-        (Mode::Stream, _) => closed_stream(args, &clients, inputs, measure_from, end).await,
+        (Mode::Stream, _) => closed_stream(conn, args, &clients, inputs, measure_from, end).await,
     };
     let seconds = args.duration.as_secs_f64();
     let h = &tally.hist;
@@ -297,6 +297,7 @@ async fn open_unary(
 }
 
 async fn closed_stream(
+    conn: &Connection,
     args: &BenchArgs,
     clients: &[DigitClassifierClient<Channel>],
     inputs: Arc<Vec<Input>>,
@@ -306,7 +307,7 @@ async fn closed_stream(
     let mut tasks = Vec::new();
     for s in 0..args.concurrency {
         let mut client = clients[s % clients.len()].clone();
-        let inputs = inputs.clone();
+        let (inputs, conn) = (inputs.clone(), conn.clone());
         let window = args.window.max(1);
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::new();
@@ -332,6 +333,7 @@ async fn closed_stream(
                 });
             }
             let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            conn.authorize(&mut req);
             req.set_timeout(
                 end.saturating_duration_since(Instant::now()) + Duration::from_secs(30),
             );

@@ -5,9 +5,11 @@ pub mod bench;
 pub mod classify;
 pub mod stream;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::parse_duration;
 use crate::proto::v1::digit_classifier_client::DigitClassifierClient;
@@ -29,6 +31,24 @@ pub struct Connection {
     /// How long to try connecting.
     #[arg(long, global = true, env = "MNISTER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// CA bundle (PEM) to verify the server with; turns TLS on (as does an https:// address).
+    #[arg(long, global = true, env = "MNISTER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "MNISTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "MNISTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Server name to verify, when it differs from the address's host.
+    #[arg(long, global = true, env = "MNISTER_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// File with the bearer token to send.
+    #[arg(long, global = true, env = "MNISTER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The token's header value, read once when connecting.
+    #[arg(skip)]
+    token: std::sync::OnceLock<Option<MetadataValue<tonic::metadata::Ascii>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +90,33 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl Connection {
     pub async fn channel(&self) -> Result<Channel, CliError> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
+        self.load_token()?;
+        let mut endpoint = Endpoint::from_shared(self.addr.clone())
             .map_err(|e| CliError::BadAddress {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
             })?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        if self.tls_ca.is_some() || self.addr.starts_with("https://") {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| CliError::Input(format!("{}: {e}", p.display())))
+            };
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+                tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
+            }
+            if let Some(d) = &self.tls_domain {
+                tls = tls.domain_name(d.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| CliError::BadAddress {
+                addr: self.addr.clone(),
+                reason: error_chain(&e),
+            })?;
+        }
         endpoint.connect().await.map_err(|e| CliError::Connect {
             addr: self.addr.clone(),
             reason: error_chain(&e),
@@ -87,10 +127,48 @@ impl Connection {
         Ok(DigitClassifierClient::new(self.channel().await?).max_decoding_message_size(64 << 20))
     }
 
-    /// A request carrying this connection's deadline.
+    /// A request carrying this connection's deadline and token.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
+        self.authorize(&mut r);
         r
+    }
+
+    /// Reads the token file once, so a typo fails loudly instead of every
+    /// call coming back UNAUTHENTICATED.
+    fn load_token(&self) -> Result<(), CliError> {
+        if self.token.get().is_some() {
+            return Ok(());
+        }
+        let value = match &self.token_file {
+            None => None,
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| CliError::Input(format!("token file {}: {e}", p.display())))?;
+                let t = t.trim();
+                if t.is_empty() {
+                    return Err(CliError::Input(format!(
+                        "token file {} is empty",
+                        p.display()
+                    )));
+                }
+                Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    CliError::Input(format!(
+                        "token file {}: the token must be printable ASCII",
+                        p.display()
+                    ))
+                })?)
+            }
+        };
+        let _ = self.token.set(value);
+        Ok(())
+    }
+
+    /// Adds the bearer token, if one is configured.
+    pub fn authorize<T>(&self, r: &mut tonic::Request<T>) {
+        if let Some(Some(v)) = self.token.get() {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
     }
 }

@@ -224,6 +224,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
     // Deadline for the whole stream: per-frame timeout times frames, so a
     // long stream is not cut off by the per-call default.
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    conn.authorize(&mut req);
     req.set_timeout(
         conn.timeout
             .saturating_mul(n.max(1) as u32)

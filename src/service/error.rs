@@ -17,6 +17,8 @@ pub enum ServiceError {
     BadRequest(String),
     #[error("{0}")]
     UnknownModel(String),
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("the server is at capacity ({max_queue} requests admitted); retry with backoff")]
     QueueFull { max_queue: usize },
     #[error("deadline exceeded: {0}")]
@@ -39,6 +41,7 @@ impl ServiceError {
             }
             ServiceError::QueueFull { .. } => Code::ResourceExhausted,
             ServiceError::UnknownModel(_) => Code::NotFound,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Cancelled => Code::Cancelled,
             ServiceError::NotReady | ServiceError::ShuttingDown => Code::Unavailable,

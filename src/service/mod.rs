@@ -27,6 +27,7 @@ pub struct ServerState {
     pub limits: pb::Limits,
     pub request_timeout: Duration,
     pub max_frames_in_flight: usize,
+    pub auth: crate::auth::TokenAuth,
     shutting_down: AtomicBool,
 }
 
@@ -35,12 +36,14 @@ impl ServerState {
         limits: pb::Limits,
         request_timeout: Duration,
         max_frames_in_flight: usize,
+        auth: crate::auth::TokenAuth,
     ) -> Arc<Self> {
         Arc::new(ServerState {
             engine: ArcSwapOption::empty(),
             limits,
             request_timeout,
             max_frames_in_flight,
+            auth,
             shutting_down: AtomicBool::new(false),
         })
     }

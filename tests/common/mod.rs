@@ -112,10 +112,15 @@ impl TestServer {
 
     /// Waits until the health check reports SERVING.
     pub async fn wait_serving(&self) {
+        self.wait_serving_on(self.channel().await).await;
+    }
+
+    /// Waits for SERVING over a given channel (e.g. a TLS one).
+    pub async fn wait_serving_on(&self, channel: tonic::transport::Channel) {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
-        let mut h = HealthClient::new(self.channel().await);
+        let mut h = HealthClient::new(channel);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let s = h
