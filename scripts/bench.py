@@ -124,17 +124,24 @@ def main():
     print(f"\npeak RSS (VmHWM) after the runs above: {rss_peak:.0f} MB")
 
     if not a.quick:
-        print("\n## Open-loop latency (unary, scheduled arrivals)\n")
-        print("| load | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |")
-        print("|---|---|---|---|---|---|---|")
+        # Tails on 2 shared cores vary from run to run, so each load runs 3
+        # times; the row is the run with the median p99, and the range of
+        # p99 over the 3 is printed beside it.
+        print("\n## Open-loop latency (unary, scheduled arrivals; 3 runs each, median-p99 run shown)\n")
+        print("| load | req/s | p50 ms | p90 ms | p99 ms | p99 range ms | p99.9 ms | errors |")
+        print("|---|---|---|---|---|---|---|---|")
         results["open_loop"] = {}
         for frac in [0.25, 0.5, 0.75]:
             rps = peak * frac
-            r = client(srv, "--rps", f"{rps:.0f}", "--concurrency", "512", "--duration", dur)
-            results["open_loop"][str(frac)] = r
+            reps = [client(srv, "--rps", f"{rps:.0f}", "--concurrency", "512", "--duration", dur) for _ in range(3)]
+            reps.sort(key=lambda r: r["latency"]["p99_us"])
+            r = reps[1]
+            results["open_loop"][str(frac)] = {"median_p99_run": r, "runs": reps}
             l = r["latency"]
+            lo, hi = reps[0]["latency"]["p99_us"] / 1000, reps[2]["latency"]["p99_us"] / 1000
             print(f"| {int(frac * 100)}% of peak ({rps:,.0f}/s) | {r['throughput']:,.0f} | {l['p50_us'] / 1000:.2f} | "
-                  f"{l['p90_us'] / 1000:.2f} | {l['p99_us'] / 1000:.2f} | {l['p999_us'] / 1000:.2f} | {sum(r['errors'].values())} |")
+                  f"{l['p90_us'] / 1000:.2f} | {l['p99_us'] / 1000:.2f} | {lo:.2f}–{hi:.2f} | {l['p999_us'] / 1000:.2f} | "
+                  f"{sum(sum(x['errors'].values()) for x in reps)} |")
     srv.stop()
 
     if not a.quick:
@@ -144,7 +151,7 @@ def main():
         results["sweeps"] = {}
         sweeps = [["--sessions", "2", "--intra-threads", "1"], ["--sessions", "1", "--intra-threads", "2"],
                   ["--sessions", "2", "--intra-threads", "2"], ["--sessions", "1", "--intra-threads", "1"],
-                  ["--max-batch-size", "8"], ["--max-batch-size", "32"], ["--max-batch-size", "128"],
+                  ["--max-batch-size", "4"], ["--max-batch-size", "8"], ["--max-batch-size", "16"], ["--max-batch-size", "32"], ["--max-batch-size", "128"],
                   ["--max-batch-size", "256"], ["--max-batch-delay", "1ms"], ["--max-batch-delay", "2ms"]]
         for flags in sweeps:
             s = Server(flags)

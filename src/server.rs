@@ -63,6 +63,7 @@ pub fn limits(args: &ServerArgs) -> pb::Limits {
         max_frames_in_flight_per_stream: args.max_frames_in_flight as u32,
         max_message_bytes: args.max_message_bytes as u64,
         default_timeout_ms: args.request_timeout.as_millis() as u64,
+        max_concurrent_streams_per_connection: args.max_concurrent_streams,
     }
 }
 
@@ -203,6 +204,9 @@ pub async fn serve(
         builder
             .tcp_nodelay(true)
             .max_concurrent_streams(args.max_concurrent_streams)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::service::error::rewrite_too_large,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(classifier)

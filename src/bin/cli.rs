@@ -91,6 +91,7 @@ async fn run(args: Args) -> Result<ExitCode, CliError> {
                         "max_image_bytes": l.max_image_bytes, "max_pixels": l.max_pixels,
                         "max_frames_in_flight_per_stream": l.max_frames_in_flight_per_stream,
                         "max_message_bytes": l.max_message_bytes, "default_timeout_ms": l.default_timeout_ms,
+                        "max_concurrent_streams_per_connection": l.max_concurrent_streams_per_connection,
                     })),
                     "metadata": info.metadata,
                 });
@@ -112,12 +113,15 @@ async fn run(args: Args) -> Result<ExitCode, CliError> {
                 }
                 if let Some(l) = info.limits {
                     println!(
-                        "limits     max batch {}, max queue {}, max image {} bytes / {} pixels, {} frames in flight per stream",
+                        "limits     max batch {}, max queue {}, max image {} bytes / {} pixels, max message {} bytes, {} frames in flight per stream, {} streams per connection, default timeout {} ms",
                         l.max_batch_size,
                         l.max_queue,
                         l.max_image_bytes,
                         l.max_pixels,
-                        l.max_frames_in_flight_per_stream
+                        l.max_message_bytes,
+                        l.max_frames_in_flight_per_stream,
+                        l.max_concurrent_streams_per_connection,
+                        l.default_timeout_ms
                     );
                 }
             }

@@ -109,7 +109,7 @@ impl DigitClassifier for ClassifierService {
         // frame takes the engine current at its arrival, so a reload applies
         // to long-lived streams too.
         self.state.engine().map_err(Status::from)?;
-        let deadline = self.state.deadline(request.metadata());
+        let call_deadline = self.state.call_deadline(request.metadata());
         let state = self.state.clone();
         let inbound = request.into_inner();
         let out = super::ordered_stream(
@@ -119,6 +119,7 @@ impl DigitClassifier for ClassifierService {
                 let state = state.clone();
                 async move {
                     let started = Instant::now();
+                    let deadline = state.frame_deadline(call_deadline);
                     let id = frame.id.clone();
                     let engine = state.engine();
                     let version = engine

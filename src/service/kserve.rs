@@ -443,7 +443,7 @@ impl GrpcInferenceService for KServeService {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         self.state.engine().map_err(Status::from)?;
-        let deadline = self.state.deadline(request.metadata());
+        let call_deadline = self.state.call_deadline(request.metadata());
         let state = self.state.clone();
         let model_name = self.model_name.clone();
         let out = super::ordered_stream(
@@ -453,6 +453,7 @@ impl GrpcInferenceService for KServeService {
                 let (state, model_name) = (state.clone(), model_name.clone());
                 async move {
                     let started = Instant::now();
+                    let deadline = state.frame_deadline(call_deadline);
                     // The engine current at each request's arrival, so reloads apply.
                     let result = match state.engine() {
                         Ok(engine) => match check_model(

@@ -66,15 +66,26 @@ impl ServerState {
     /// 5 ms), so that our DEADLINE_EXCEEDED reaches the caller before its own
     /// timer fires and before tonic's transport would answer CANCELLED.
     pub fn deadline(&self, meta: &tonic::metadata::MetadataMap) -> Instant {
-        let now = Instant::now();
-        match meta
+        self.call_deadline(meta)
+            .unwrap_or_else(|| Instant::now() + self.request_timeout)
+    }
+
+    /// The client's own deadline (grpc-timeout), a little early so that our
+    /// DEADLINE_EXCEEDED reaches it before its timer fires.
+    pub fn call_deadline(&self, meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
+        let t = meta
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-        {
-            Some(t) => now + t.saturating_sub((t / 10).min(Duration::from_millis(5))),
-            None => now + self.request_timeout,
-        }
+            .and_then(parse_grpc_timeout)?;
+        Some(Instant::now() + t.saturating_sub((t / 10).min(Duration::from_millis(5))))
+    }
+
+    /// A stream frame's deadline: the default timeout from the frame's
+    /// arrival, never past the whole call's deadline. A bulk stream without
+    /// grpc-timeout may run for hours; each frame still gets a bound.
+    pub fn frame_deadline(&self, call: Option<Instant>) -> Instant {
+        let own = Instant::now() + self.request_timeout;
+        call.map_or(own, |c| c.min(own))
     }
 }
 
@@ -96,14 +107,21 @@ where
     Fut: std::future::Future<Output = Resp> + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel::<Result<Resp, Status>>(window);
-    let (pending_tx, mut pending_rx) =
-        mpsc::unbounded_channel::<(oneshot::Receiver<Resp>, OwnedSemaphorePermit)>();
+    let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending<Resp>>();
     let places = Arc::new(Semaphore::new(window));
 
     // Writer: forwards answers in arrival order, and only then frees the
     // message's place in the window.
     tokio::spawn(async move {
-        while let Some((rx, place)) = pending_rx.recv().await {
+        while let Some(p) = pending_rx.recv().await {
+            let (rx, place) = match p {
+                Pending::Frame(rx, place) => (rx, place),
+                // After every answer before it, as the call's final status.
+                Pending::Failed(status) => {
+                    let _ = out_tx.send(Err(status)).await;
+                    return;
+                }
+            };
             let Ok(resp) = rx.await else { return };
             if out_tx.send(Ok(resp)).await.is_err() {
                 return; // the client went away
@@ -123,11 +141,16 @@ where
                 Ok(None) => break, // half-closed: the writer drains and ends the stream
                 Err(status) => {
                     tracing::debug!(%status, "stream read ended");
+                    // A frame too large to decode ends the call with a status
+                    // that says so; a reset or disconnect just ends it.
+                    if let Some(s) = error::message_too_large(status.code(), status.message()) {
+                        let _ = pending_tx.send(Pending::Failed(s));
+                    }
                     break;
                 }
             };
             let (tx, rx) = oneshot::channel();
-            if pending_tx.send((rx, place)).is_err() {
+            if pending_tx.send(Pending::Frame(rx, place)).is_err() {
                 break;
             }
             let fut = handle(msg);
@@ -141,6 +164,13 @@ where
 
 /// Parses a grpc-timeout header value: up to 8 digits and a unit
 /// (H, M, S, m, u, n), per the gRPC over HTTP/2 spec.
+/// What the stream writer waits on next: a frame's answer (holding its
+/// place in the window), or the status that ends the call.
+enum Pending<Resp> {
+    Frame(oneshot::Receiver<Resp>, OwnedSemaphorePermit),
+    Failed(Status),
+}
+
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
         return None;
