@@ -78,10 +78,12 @@ pub enum PreprocessError {
     },
     #[error("mnist input must be exactly {PIXELS} values (28x28, one per pixel), got {got}")]
     MnistSize { got: usize },
-    #[error(
-        "pixel {index} is not a finite number; MNIST-form floats must be finite (normally 0..1)"
-    )]
+    #[error("pixel {index} is not a finite number; MNIST-form floats must be in [0, 1]")]
     NotFinite { index: usize },
+    #[error(
+        "pixel {index} is {value}; MNIST-form floats must be in [0, 1] (0 = background, 1 = ink)"
+    )]
+    OutOfRange { index: usize, value: f32 },
     #[error(
         "image is blank: no ink stands out from the background (contrast {contrast} of 255, at least {MIN_CONTRAST} needed); send an image with a visible digit"
     )]
@@ -108,6 +110,13 @@ pub fn check_mnist_floats(values: &[f32]) -> Result<MnistImage, PreprocessError>
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(PreprocessError::NotFinite { index: i });
+    }
+    // The model never saw anything outside [0, 1]; its answer there is noise.
+    if let Some(i) = values.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        return Err(PreprocessError::OutOfRange {
+            index: i,
+            value: values[i],
+        });
     }
     let mut out = [0f32; PIXELS];
     out.copy_from_slice(values);
