@@ -33,7 +33,7 @@ async fn reloads_under_load_lose_no_request() {
     std::fs::write(&model, model_with_version("v1")).unwrap();
     let server = TestServer::start_with_model(&model, &["--enable-admin-rpc"]);
     server.wait_serving().await;
-    let ds = Arc::new(test_set());
+    let ds = test_set();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -45,7 +45,7 @@ async fn reloads_under_load_lose_no_request() {
     for w in 0..4 {
         let (mut c, ds, stop, ok, failed, versions) = (
             server.client().await,
-            ds.clone(),
+            ds,
             stop.clone(),
             ok.clone(),
             failed.clone(),
@@ -75,7 +75,7 @@ async fn reloads_under_load_lose_no_request() {
     {
         let (mut c, ds, stop, ok, failed) = (
             server.client().await,
-            ds.clone(),
+            ds,
             stop.clone(),
             ok.clone(),
             failed.clone(),
@@ -185,7 +185,7 @@ async fn reloads_under_load_lose_no_request() {
 
 /// Frames until `stop`, paced so the stream spans the whole test.
 fn async_stream_frames(
-    ds: Arc<mnister::idx::Dataset>,
+    ds: &'static mnister::idx::Dataset,
     stop: Arc<AtomicBool>,
 ) -> impl tokio_stream::Stream<Item = ClassifyRequest> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -21,9 +21,12 @@ pub fn default_model() -> PathBuf {
     root().join("models/mnist-cnn.onnx")
 }
 
-/// The committed MNIST sample's test set (1,000 images).
-pub fn test_set() -> Dataset {
-    load_mnist(&root().join("tests/data/mnist"), Split::Test).expect("tests/data/mnist")
+/// The committed MNIST sample's test set (2,000 images), read once.
+pub fn test_set() -> &'static Dataset {
+    static SET: std::sync::OnceLock<Dataset> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        load_mnist(&root().join("tests/data/mnist"), Split::Test).expect("tests/data/mnist")
+    })
 }
 
 pub struct TestServer {
