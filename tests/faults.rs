@@ -21,28 +21,6 @@ fn mnist_req(id: &str, i: usize) -> ClassifyRequest {
     }
 }
 
-/// Waits until nothing is admitted or queued any more.
-async fn wait_idle(server: &TestServer) -> Vec<common::Sample> {
-    for _ in 0..100 {
-        let m = parse_metrics(&server.scrape());
-        if metric(&m, "mnister_inflight_requests", &[]) == 0.0
-            && metric(&m, "mnister_queue_depth", &[]) == 0.0
-        {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the server never went idle: {}",
-        server
-            .scrape()
-            .lines()
-            .filter(|l| l.contains("inflight") || l.contains("queue_depth"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_mid_stream_leave_nothing_behind() {
     let server = TestServer::start(&[]);
@@ -70,7 +48,7 @@ async fn clients_that_vanish_mid_stream_leave_nothing_behind() {
     for t in tasks {
         t.await.unwrap();
     }
-    let m = wait_idle(&server).await;
+    let m = common::wait_idle(&server).await;
     // Whatever was left queued for them was dropped or finished; none of it
     // hangs around, and the server answers as before.
     assert_eq!(metric(&m, "mnister_inflight_requests", &[]), 0.0);

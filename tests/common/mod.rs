@@ -155,6 +155,19 @@ impl TestServer {
             .status();
     }
 
+    /// Resident memory of the server process, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .expect("VmRSS")
+            / 1024.0
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let _ = Command::new("kill")
@@ -302,4 +315,26 @@ pub fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) 
     let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_string())
+}
+
+/// Waits until nothing is admitted or queued any more.
+pub async fn wait_idle(server: &TestServer) -> Vec<Sample> {
+    for _ in 0..100 {
+        let m = parse_metrics(&server.scrape());
+        if metric(&m, "mnister_inflight_requests", &[]) == 0.0
+            && metric(&m, "mnister_queue_depth", &[]) == 0.0
+        {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the server never went idle: {}",
+        server
+            .scrape()
+            .lines()
+            .filter(|l| l.contains("inflight") || l.contains("queue_depth"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -1,0 +1,227 @@
+//! The long fault cases, ignored in CI: `scripts/faults.sh` runs them on a
+//! release build and docs/reliability.md records the results. Each prints
+//! what it measured and fails when memory does not stay bounded.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, metric, parse_metrics, test_set};
+use mnister::proto::v1::{ClassifyRequest, classify_request::Input};
+use tokio_stream::StreamExt;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mnist_req(id: usize) -> ClassifyRequest {
+    ClassifyRequest {
+        id: id.to_string(),
+        input: Some(Input::Mnist(test_set().images.image(id % 2000).to_vec())),
+        ..Default::default()
+    }
+}
+
+/// Runs the real load generator (`mnister bench`) against the server.
+fn bench(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_mnister"))
+        .args(["--addr", &server.url(), "bench", "--json"])
+        .args(args)
+        .output()
+        .expect("running mnister bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bench JSON")
+}
+
+fn errors(r: &serde_json::Value) -> u64 {
+    r["errors"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 5-minute soak; scripts/faults.sh runs it"]
+async fn soak_at_half_load_keeps_memory_flat() {
+    let secs: u64 = env_or("MNISTER_SOAK_SECS", 300);
+    let rps: u64 = env_or("MNISTER_SOAK_RPS", 1100);
+    let server = TestServer::start(&[]);
+    server.wait_serving().await;
+    // Let allocator pools and ORT arenas reach their working size first.
+    let warm = bench(
+        &server,
+        &[
+            "--rps",
+            &rps.to_string(),
+            "--concurrency",
+            "512",
+            "--duration",
+            "15s",
+        ],
+    );
+    assert_eq!(errors(&warm), 0, "{warm}");
+    let rss0 = server.rss_mib();
+    println!("soak: {rps} req/s open loop for {secs} s; RSS after warm-up {rss0:.1} MiB");
+    println!("| minute | req/s | p50 ms | p99 ms | errors | RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    let chunks = secs.div_ceil(60);
+    let mut rss = Vec::new();
+    let mut total_errors = 0;
+    for k in 0..chunks {
+        let d = (secs - k * 60).min(60);
+        let r = bench(
+            &server,
+            &[
+                "--rps",
+                &rps.to_string(),
+                "--concurrency",
+                "512",
+                "--duration",
+                &format!("{d}s"),
+            ],
+        );
+        let now = server.rss_mib();
+        rss.push(now);
+        total_errors += errors(&r);
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
+            k + 1,
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["latency"]["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            r["latency"]["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            errors(&r),
+            now
+        );
+    }
+    let last = *rss.last().unwrap();
+    println!("RSS {rss0:.1} -> {last:.1} MiB ({:+.1} MiB)", last - rss0);
+    assert_eq!(total_errors, 0);
+    assert!(
+        last - rss0 < (rss0 * 0.1).max(16.0),
+        "RSS grew from {rss0:.1} to {last:.1} MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long; scripts/faults.sh runs it"]
+async fn slow_readers_keep_server_memory_bounded() {
+    let streams: usize = env_or("MNISTER_SLOW_STREAMS", 32);
+    let server = TestServer::start(&[]);
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    for i in 0..200 {
+        c.classify(mnist_req(i)).await.unwrap();
+    }
+    let rss0 = server.rss_mib();
+    // Each stream offers 50,000 frames, reads one answer, then stalls.
+    let mut held = Vec::new();
+    for _ in 0..streams {
+        let mut c = server.client().await;
+        let frames = tokio_stream::iter((0..50_000).map(mnist_req));
+        let mut out = c.classify_stream(frames).await.unwrap().into_inner();
+        assert!(out.next().await.unwrap().is_ok());
+        held.push((c, out));
+    }
+    let mut peak = rss0;
+    let mut answered = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak = peak.max(server.rss_mib());
+        let m = parse_metrics(&server.scrape());
+        answered.push(metric(
+            &m,
+            "mnister_requests_total",
+            &[("rpc", "ClassifyStream"), ("code", "OK")],
+        ));
+    }
+    // The server still serves others while the stalled streams sit there.
+    let started = Instant::now();
+    c.classify(mnist_req(7)).await.unwrap();
+    let other_call = started.elapsed();
+    drop(held);
+    common::wait_idle(&server).await;
+    let after = server.rss_mib();
+    println!(
+        "slow readers: {streams} streams x 50,000 frames offered, none read after the first answer"
+    );
+    println!(
+        "answered (cumulative, per second): {:?}",
+        answered.iter().map(|v| *v as u64).collect::<Vec<_>>()
+    );
+    println!(
+        "RSS before {rss0:.1} MiB, peak {peak:.1} MiB, after dropping them {after:.1} MiB; another client's call took {other_call:?}"
+    );
+    assert!(
+        answered[answered.len() - 1] == answered[answered.len() - 3],
+        "the server kept working for stalled readers: {answered:?}"
+    );
+    assert!(
+        peak - rss0 < 64.0,
+        "stalled streams grew the server by {:.1} MiB",
+        peak - rss0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long; scripts/faults.sh runs it"]
+async fn a_thousand_vanishing_clients_leak_nothing() {
+    let server = TestServer::start(&[]);
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    for i in 0..200 {
+        c.classify(mnist_req(i)).await.unwrap();
+    }
+    let rss0 = server.rss_mib();
+    for round in 0..10 {
+        let mut tasks = Vec::new();
+        for k in 0..100 {
+            let c = server.client().await;
+            tasks.push(tokio::spawn(async move {
+                let mut c = c;
+                let frames = tokio_stream::iter((0..300).map(mnist_req));
+                let mut out = c.classify_stream(frames).await.unwrap().into_inner();
+                let _ = out.next().await;
+                if k % 3 == 0 {
+                    // An abandoned unary call too.
+                    let mut req = tonic::Request::new(mnist_req(k));
+                    req.set_timeout(Duration::from_micros(50));
+                    let _ = c.classify(req).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let m = common::wait_idle(&server).await;
+        println!(
+            "round {}: RSS {:.1} MiB, dropped cancelled {} / deadline {}",
+            round + 1,
+            server.rss_mib(),
+            metric(
+                &m,
+                "mnister_dropped_requests_total",
+                &[("reason", "cancelled")]
+            ),
+            metric(
+                &m,
+                "mnister_dropped_requests_total",
+                &[("reason", "deadline_exceeded")]
+            )
+        );
+    }
+    let after = server.rss_mib();
+    println!("1,000 vanishing clients: RSS {rss0:.1} -> {after:.1} MiB");
+    assert!(
+        after - rss0 < 32.0,
+        "RSS grew from {rss0:.1} to {after:.1} MiB"
+    );
+    c.classify(mnist_req(1)).await.unwrap();
+}
