@@ -13,7 +13,7 @@ use crate::backend::ort::{OrtBackend, RuntimeError, init_runtime};
 use crate::backend::{Backend, CLASSES, ModelFile};
 use crate::batcher::{Batcher, BatcherConfig, Job};
 use crate::metrics as m;
-use crate::preprocess::{self, Limits, MnistImage, PIXELS};
+use crate::preprocess::{self, Limits, MnistImage, PIXELS, PreprocessError};
 use crate::service::error::ServiceError;
 
 /// A request's image, in one of the accepted forms.
@@ -374,30 +374,51 @@ impl Engine {
     async fn preprocess(&self, input: Input) -> Result<Box<MnistImage>, ServiceError> {
         match input {
             // Cheap enough to do inline: a copy and a scale.
-            Input::Mnist(bytes) => Ok(Box::new(preprocess::normalize_mnist(&bytes)?)),
-            Input::Floats(v) => Ok(Box::new(preprocess::check_mnist_floats(&v)?)),
+            Input::Mnist(_) | Input::Floats(_) => {
+                Ok(Box::new(preprocess_input(input, &self.config.limits)?))
+            }
             other => {
                 let limits = self.config.limits;
                 let (tx, rx) = oneshot::channel();
                 self.pool.spawn(move || {
-                    let r = match other {
-                        Input::Image(bytes) => preprocess::preprocess_encoded(&bytes, &limits),
-                        Input::Pixels {
-                            width,
-                            height,
-                            data,
-                        } => preprocess::preprocess_pixels(width, height, &data, &limits),
-                        Input::Mnist(_) | Input::Floats(_) => unreachable!("handled above"),
-                    };
-                    let _ = tx.send(r.map(Box::new));
+                    // A panic in a decoder must fail this request, not abort
+                    // the process (rayon aborts on an unhandled panic).
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        preprocess_input(other, &limits)
+                    }));
+                    let _ = tx.send(r.map(|r| r.map(Box::new)));
                 });
-                rx.await
-                    .map_err(|_| {
-                        ServiceError::Internal("the preprocessing worker panicked".into())
-                    })?
-                    .map_err(ServiceError::from)
+                match rx.await {
+                    Ok(Ok(r)) => r.map_err(ServiceError::from),
+                    Ok(Err(_)) => {
+                        tracing::error!(
+                            "a decoder panicked; the request fails, the server goes on"
+                        );
+                        Err(ServiceError::Internal(
+                            "decoding this image failed unexpectedly; please report it with the image".into(),
+                        ))
+                    }
+                    Err(_) => Err(ServiceError::Internal(
+                        "the preprocessing worker stopped".into(),
+                    )),
+                }
             }
         }
+    }
+}
+
+/// Any request input to MNIST form: the one entry point the engine and the
+/// fuzz targets share.
+pub fn preprocess_input(input: Input, limits: &Limits) -> Result<MnistImage, PreprocessError> {
+    match input {
+        Input::Image(bytes) => preprocess::preprocess_encoded(&bytes, limits),
+        Input::Pixels {
+            width,
+            height,
+            data,
+        } => preprocess::preprocess_pixels(width, height, &data, limits),
+        Input::Mnist(bytes) => preprocess::normalize_mnist(&bytes),
+        Input::Floats(v) => preprocess::check_mnist_floats(&v),
     }
 }
 
