@@ -236,12 +236,15 @@ async fn concurrent_streams_per_connection_are_capped() {
 async fn frames_in_flight_bound_a_stream_that_is_not_read() {
     let server = TestServer::start(&["--max-frames-in-flight", "4"]);
     server.wait_serving().await;
-    // HTTP/2's smallest windows (64 KiB), so that what a stalled reader's
-    // client buffers is small and the server's own bound shows.
+    // HTTP/2's smallest stream window (64 KiB), so that what a stalled
+    // reader's client buffers is small and the server's own bound shows. The
+    // connection window stays large: h2 sizes its budget of buffered small
+    // DATA frames from it, and below ~200 frames it would tear down its own
+    // connection (ENHANCE_YOUR_CALM) before the test could look.
     let ch = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
+        .initial_connection_window_size(4 << 20)
         .connect()
         .await
         .unwrap();
