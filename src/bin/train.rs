@@ -1,4 +1,5 @@
 //! `mnister-train`: trains the digit model, exports ONNX, writes the report.
+//! `mnister-train quantize`: writes a calibrated int8 copy of an fp32 model.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use clap::Parser;
 use mnister::train::config::TrainArgs;
+use mnister::train::quantize::{self, QuantizeArgs};
 use mnister::train::run;
 
 fn main() -> Result<()> {
@@ -17,6 +19,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if std::env::args().nth(1).as_deref() == Some("quantize") {
+        let args = QuantizeArgs::parse_from(
+            std::iter::once("mnister-train quantize".to_string()).chain(std::env::args().skip(2)),
+        );
+        let report = quantize::run(&args)?;
+        print!("{}", quantize::markdown(&report));
+        return Ok(());
+    }
     let args = TrainArgs::parse();
     args.validate().map_err(anyhow::Error::msg)?;
     let stop = Arc::new(AtomicBool::new(false));

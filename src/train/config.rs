@@ -138,6 +138,13 @@ pub struct TrainArgs {
     /// ONNX Runtime library used to evaluate the exported model.
     #[arg(long, env = "MNISTER_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
+
+    /// Also write a calibrated int8 copy (`model.int8.onnx`, and beside
+    /// --export) and the fp32/int8 comparison (int8-report.md); the same as
+    /// running `mnister-train quantize` on the exported model.
+    #[arg(long, env = "MNISTER_TRAIN_INT8")]
+    #[serde(default)]
+    pub int8: bool,
 }
 
 impl TrainArgs {

@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod export;
 pub mod fit;
 pub mod model;
+pub mod quantize;
 pub mod report;
 pub mod robustness;
 pub mod run;

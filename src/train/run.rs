@@ -259,6 +259,26 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         }
         std::fs::write(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
     }
+    if args.int8 {
+        let q = super::quantize::QuantizeArgs {
+            model: onnx_path.clone(),
+            out: Some(args.out.join("model.int8.onnx")),
+            data_dir: args.data_dir.clone(),
+            calibration_images: 1000,
+            calibration: super::quantize::CalibrationChoice::Auto,
+            percentiles: vec![99.99, 99.999],
+            seed: Some(args.seed),
+            val_size: Some(args.val_size),
+            test_limit: args.test_limit,
+            no_robustness: false,
+            report_dir: Some(args.out.clone()),
+            ort_lib: args.ort_lib.clone(),
+        };
+        super::quantize::run(&q)?;
+        if let Some(dest) = &args.export {
+            std::fs::copy(q.out_path(), super::quantize::int8_path(dest))?;
+        }
+    }
 
     report::curves(&args.out.join("curves.png"), &report.history)?;
     report::confusion(&args.out.join("confusion.png"), &report.test)?;
