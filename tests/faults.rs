@@ -52,6 +52,14 @@ async fn clients_that_vanish_mid_stream_leave_nothing_behind() {
     // Whatever was left queued for them was dropped or finished; none of it
     // hangs around, and the server answers as before.
     assert_eq!(metric(&m, "mnister_inflight_requests", &[]), 0.0);
+    // Their queued frames were skipped, not run for nobody.
+    assert!(
+        metric(
+            &m,
+            "mnister_dropped_requests_total",
+            &[("reason", "cancelled")]
+        ) > 0.0
+    );
     let mut c = server.client().await;
     let r = c
         .classify(mnist_req("after", 0))

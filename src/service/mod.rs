@@ -109,6 +109,10 @@ where
     let (out_tx, out_rx) = mpsc::channel::<Result<Resp, Status>>(window);
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending<Resp>>();
     let places = Arc::new(Semaphore::new(window));
+    // Only to notice the client going away (tonic drops the receiver). The
+    // reader and the frame tasks hold clones, which all drop by the time the
+    // writer is done, so the response stream still ends on time.
+    let gone = out_tx.clone();
 
     // Writer: forwards answers in arrival order, and only then frees the
     // message's place in the window.
@@ -154,8 +158,15 @@ where
                 break;
             }
             let fut = handle(msg);
+            let gone = gone.clone();
             tokio::spawn(async move {
-                let _ = tx.send(fut.await);
+                // A client that left takes its queued frames with it: the
+                // dropped future releases the job, and the batch worker skips
+                // it instead of spending model time on an answer nobody reads.
+                tokio::select! {
+                    r = fut => { let _ = tx.send(r); }
+                    _ = gone.closed() => {}
+                }
             });
         }
     });
