@@ -19,7 +19,12 @@ use mnister::preprocess::{PIXELS, normalize_mnist};
     about = "Raw in-process ONNX Runtime throughput: batch sizes x session layouts"
 )]
 struct Args {
-    #[arg(long, env = "MNISTER_MODEL", default_value = "models/mnist-cnn.onnx")]
+    /// The server's default model, so that ratios compare like with like.
+    #[arg(
+        long,
+        env = "MNISTER_MODEL",
+        default_value = "models/mnist-cnn.int8.onnx"
+    )]
     model: PathBuf,
     #[arg(long, env = "MNISTER_ORT_LIB")]
     ort_lib: Option<PathBuf>,
