@@ -91,3 +91,52 @@ fn quantized_model_agrees_with_fp32_and_records_its_parameters() {
                 .len()
     );
 }
+
+#[test]
+fn training_with_int8_writes_both_models_and_the_comparison() {
+    use mnister::train::config::TrainArgs;
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export/m.onnx");
+    let mut argv: Vec<String> = vec!["mnister-train".into(), "--data-dir".into()];
+    argv.push(root().join("tests/data/mnist").display().to_string());
+    argv.extend(["--out".into(), dir.path().join("run").display().to_string()]);
+    argv.extend(["--export".into(), export.display().to_string()]);
+    argv.extend(
+        [
+            "--val-size",
+            "400",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "25",
+            "--train-limit",
+            "300",
+            "--test-limit",
+            "200",
+            "--no-augment",
+            "--int8",
+        ]
+        .map(String::from),
+    );
+    let args = TrainArgs::try_parse_from(argv).unwrap();
+    mnister::train::run::run(&args, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    let run = dir.path().join("run");
+    for f in [
+        "model.onnx",
+        "model.int8.onnx",
+        "int8-report.json",
+        "int8-report.md",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let int8 = ModelFile::load(&dir.path().join("export/m.int8.onnx")).unwrap();
+    assert_eq!(int8.metadata["precision"], "int8");
+    assert_eq!(
+        int8.metadata["quantization.fp32_sha256"],
+        ModelFile::load(&export).unwrap().sha256
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("int8-report.json")).unwrap()).unwrap();
+    assert_eq!(report["test_images"], 200);
+    assert_eq!(report["robustness"].as_array().unwrap().len(), 12);
+}
