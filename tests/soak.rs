@@ -158,6 +158,10 @@ async fn slow_readers_keep_server_memory_bounded() {
             break;
         }
     }
+    // Once stalled, nothing grows: sample again a few seconds later.
+    let stalled = server.rss_mib();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stalled_later = server.rss_mib();
     // The server still serves others while the stalled streams sit there.
     let started = Instant::now();
     c.classify(mnist_req(7)).await.unwrap();
@@ -173,16 +177,24 @@ async fn slow_readers_keep_server_memory_bounded() {
         answered.iter().map(|v| *v as u64).collect::<Vec<_>>()
     );
     println!(
-        "RSS before {rss0:.1} MiB, peak {peak:.1} MiB, after dropping them {after:.1} MiB; another client's call took {other_call:?}"
+        "RSS before {rss0:.1} MiB, peak {peak:.1} MiB ({:.1} MiB per stream), stalled {stalled:.1} -> {stalled_later:.1} MiB 5 s later, after dropping them {after:.1} MiB; another client's call took {other_call:?}",
+        (peak - rss0) / streams as f64
     );
     assert!(
         answered[answered.len() - 1] == answered[answered.len() - 4],
         "the server kept working for stalled readers: {answered:?}"
     );
+    // Bounded per stream (the frames in flight, the answers waiting, and
+    // HTTP/2's receive window of requests the server has not read), and flat
+    // while they stall.
     assert!(
-        peak - rss0 < 64.0,
-        "stalled streams grew the server by {:.1} MiB",
-        peak - rss0
+        (peak - rss0) / (streams as f64) < 8.0,
+        "each stalled stream costs {:.1} MiB",
+        (peak - rss0) / streams as f64
+    );
+    assert!(
+        stalled_later - stalled < 2.0,
+        "RSS grew while the streams stalled: {stalled:.1} -> {stalled_later:.1} MiB"
     );
 }
 
@@ -218,9 +230,10 @@ async fn a_thousand_vanishing_clients_leak_nothing() {
             t.await.unwrap();
         }
         let m = common::wait_idle(&server).await;
-        if round == 0 {
-            // The first round sizes the allocator for 100 concurrent
-            // connections; leaks show as growth after that.
+        if round == 2 {
+            // The first rounds size the allocator's arenas for 100
+            // concurrent connections (glibc keeps what it grew); a leak shows
+            // as growth that goes on after that.
             rss0 = server.rss_mib();
         }
         println!(
@@ -241,10 +254,10 @@ async fn a_thousand_vanishing_clients_leak_nothing() {
     }
     let after = server.rss_mib();
     println!(
-        "1,000 vanishing clients: RSS {rss_start:.1} MiB before, {rss0:.1} after the first 100, {after:.1} after all 1,000"
+        "1,000 vanishing clients: RSS {rss_start:.1} MiB before, {rss0:.1} after the first 300, {after:.1} after all 1,000"
     );
     assert!(
-        after - rss0 < 16.0,
+        after - rss0 < 8.0,
         "RSS grew from {rss0:.1} to {after:.1} MiB"
     );
     c.classify(mnist_req(1)).await.unwrap();
