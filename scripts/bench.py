@@ -162,6 +162,31 @@ def main():
             print(f"| `{' '.join(flags)}` | {st['throughput']:,.0f} | {st['throughput'] / limit:.2f} | "
                   f"{un['throughput']:,.0f} | {un['throughput'] / limit:.2f} | {un['latency']['p99_us'] / 1000:.2f} |")
 
+    if not a.quick:
+        # What --max-batch-size trades: a unary caller whose request lands
+        # behind a bulk stream's batch waits for that batch. Each row: a
+        # stream client saturating the server, and beside it a light
+        # open-loop unary client (50 req/s) whose latency is reported.
+        print("\n## Mixed load: bulk stream + interactive unary (50 req/s open loop), by --max-batch-size\n")
+        print("| --max-batch-size | stream req/s | ratio | unary p50 ms | unary p99 ms | unary max ms | errors |")
+        print("|---|---|---|---|---|---|---|")
+        results["mixed"] = {}
+        for mb in ["8", "16", "32", "64"]:
+            s = Server(["--max-batch-size", mb])
+            bg = subprocess.Popen(
+                [f"{REL}/mnister", "--addr", f"http://127.0.0.1:{s.grpc}", "bench", "--json", "--duration", "12s",
+                 "--mode", "stream", "--concurrency", "2", "--window", "64"],
+                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            time.sleep(1)
+            un = client(s, "--rps", "50", "--concurrency", "16", "--duration", "10s")
+            st = json.loads(bg.communicate()[0])
+            s.stop()
+            results["mixed"][mb] = {"stream": st, "unary": un}
+            l = un["latency"]
+            errs = sum(un["errors"].values()) + sum(st["errors"].values())
+            print(f"| {mb} | {st['throughput']:,.0f} | {st['throughput'] / limit:.2f} | {l['p50_us'] / 1000:.2f} | "
+                  f"{l['p99_us'] / 1000:.2f} | {l['max_us'] / 1000:.2f} | {errs} |")
+
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nresults: {os.path.join(a.out, 'results.json')}")

@@ -92,8 +92,11 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
-    /// Largest batch handed to ONNX Runtime.
-    #[arg(long, env = "MNISTER_MAX_BATCH_SIZE", default_value_t = 64)]
+    /// Largest batch handed to ONNX Runtime. Per-image cost is flat from
+    /// batch 2 on for this model, so a small cap loses no throughput and
+    /// bounds how long a call waits behind another's batch
+    /// (docs/benchmarks.md, "Flags").
+    #[arg(long, env = "MNISTER_MAX_BATCH_SIZE", default_value_t = 16)]
     pub max_batch_size: usize,
 
     /// How long a worker waits for more requests after the first one of a
