@@ -5,6 +5,13 @@
 //! everything the server holds for requests is bounded by it. Unary calls
 //! take a permit or fail at once; streams wait for one.
 //!
+//! The queue has two lanes. A caller waiting on one image (unary gRPC, the
+//! web page, KServe infer) goes ahead of bulk stream frames, which otherwise
+//! keep a deep queue in front of it; bulk takes what room is left in a
+//! batch. The priority is strict, so interactive load at full capacity
+//! holds bulk frames back until their deadline: the price of keeping
+//! interactive latency flat under a bulk job.
+//!
 //! Each session runs on its own OS thread, never on the async runtime. A
 //! worker takes whatever is waiting, up to `max_batch_size` (continuous
 //! batching); with a batch delay it waits that long for more. Requests whose
@@ -15,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -28,6 +35,27 @@ pub struct BatcherConfig {
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
     pub max_queue: usize,
+    pub policy: QueuePolicy,
+}
+
+/// How the two lanes share the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueuePolicy {
+    /// Interactive calls first; bulk frames fill the rest of each batch.
+    Priority,
+    /// One line, first come first served, whatever the request.
+    Fifo,
+}
+
+/// Which lane a request waits in, and how it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// A caller waiting on this answer: admitted at once or refused
+    /// (RESOURCE_EXHAUSTED), served before bulk frames.
+    Interactive,
+    /// Stream frames: wait for room (back-pressure), then fill what
+    /// interactive requests leave of each batch.
+    Bulk,
 }
 
 /// What the model said about one image.
@@ -56,10 +84,17 @@ pub struct Job {
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Inference, BatchError>>,
     pub permit: OwnedSemaphorePermit,
+    pub traffic: Traffic,
+}
+
+/// Both lanes' senders; dropped together, which is how workers learn to stop.
+struct Lanes {
+    interactive: Sender<Job>,
+    bulk: Sender<Job>,
 }
 
 pub struct Batcher {
-    tx: Option<Sender<Job>>,
+    tx: Option<Lanes>,
     admission: Arc<Semaphore>,
     depth: Arc<AtomicUsize>,
     workers: Vec<JoinHandle<()>>,
@@ -69,22 +104,27 @@ pub struct Batcher {
 impl Batcher {
     /// Starts one worker thread per backend.
     pub fn start(backends: Vec<Box<dyn Backend>>, config: BatcherConfig) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
+        // Each lane can hold every permit, so a send never blocks.
+        let (interactive, interactive_rx) = crossbeam_channel::bounded(config.max_queue);
+        let (bulk, bulk_rx) = crossbeam_channel::bounded(config.max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
         let workers = backends
             .into_iter()
             .enumerate()
             .map(|(i, backend)| {
-                let rx = rx.clone();
+                let queue = Queue {
+                    interactive: interactive_rx.clone(),
+                    bulk: bulk_rx.clone(),
+                };
                 let depth = depth.clone();
                 std::thread::Builder::new()
                     .name(format!("mnister-batch-{i}"))
-                    .spawn(move || worker(backend, rx, depth, config))
+                    .spawn(move || worker(backend, queue, depth, config))
                     .expect("spawning a batch worker thread")
             })
             .collect();
         Batcher {
-            tx: Some(tx),
+            tx: Some(Lanes { interactive, bulk }),
             admission: Arc::new(Semaphore::new(config.max_queue)),
             depth,
             workers,
@@ -118,10 +158,14 @@ impl Batcher {
             .expect("zero permits are always available")
     }
 
-    /// Queues an admitted job; never blocks, because the channel has room
-    /// for every permit.
+    /// Queues an admitted job in its lane; never blocks, because each lane
+    /// has room for every permit.
     pub fn submit(&self, job: Job) {
-        let tx = self.tx.as_ref().expect("batcher is running");
+        let lanes = self.tx.as_ref().expect("batcher is running");
+        let tx = match (job.traffic, self.config.policy) {
+            (Traffic::Bulk, QueuePolicy::Priority) => &lanes.bulk,
+            _ => &lanes.interactive,
+        };
         let d = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         gauge!(m::QUEUE_DEPTH).set(d as f64);
         if let Err(e) = tx.try_send(job) {
@@ -153,27 +197,84 @@ impl Drop for Batcher {
     }
 }
 
+/// A worker's end of both lanes.
+struct Queue {
+    interactive: Receiver<Job>,
+    bulk: Receiver<Job>,
+}
+
+enum Next {
+    Job(Job),
+    /// Nothing came before the deadline.
+    TimedOut,
+    /// The batcher is shutting down and both lanes are empty.
+    Closed,
+}
+
+impl Queue {
+    /// The next job, interactive first; waits until `deadline` (forever
+    /// with None) when both lanes are empty.
+    fn next(&self, deadline: Option<Instant>) -> Next {
+        loop {
+            let a = match self.interactive.try_recv() {
+                Ok(job) => return Next::Job(job),
+                Err(e) => e,
+            };
+            let b = match self.bulk.try_recv() {
+                Ok(job) => return Next::Job(job),
+                Err(e) => e,
+            };
+            if a == TryRecvError::Disconnected && b == TryRecvError::Disconnected {
+                return Next::Closed;
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Next::TimedOut;
+            }
+            let mut sel = Select::new();
+            let i = sel.recv(&self.interactive);
+            sel.recv(&self.bulk);
+            let op = match deadline {
+                None => sel.select(),
+                Some(d) => match sel.select_deadline(d) {
+                    Ok(op) => op,
+                    Err(_) => return Next::TimedOut,
+                },
+            };
+            let got = if op.index() == i {
+                op.recv(&self.interactive)
+            } else {
+                op.recv(&self.bulk)
+            };
+            // A bulk job that won the race against an interactive one is
+            // still taken: it is one image, and the batch goes on to fill
+            // from the interactive lane first. A disconnect loops back to
+            // drain whatever the other lane still holds.
+            if let Ok(job) = got {
+                return Next::Job(job);
+            }
+        }
+    }
+}
+
 fn worker(
     mut backend: Box<dyn Backend>,
-    rx: Receiver<Job>,
+    queue: Queue,
     depth: Arc<AtomicUsize>,
     cfg: BatcherConfig,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_size);
     let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch_size * PIXELS);
     loop {
-        let Ok(first) = rx.recv() else { return };
-        batch.push(first);
+        match queue.next(None) {
+            Next::Job(first) => batch.push(first),
+            Next::Closed => return,
+            Next::TimedOut => continue,
+        }
         let until = Instant::now() + cfg.max_batch_delay;
         while batch.len() < cfg.max_batch_size {
-            let next = if cfg.max_batch_delay.is_zero() {
-                rx.try_recv()
-            } else {
-                rx.recv_deadline(until).map_err(|_| TryRecvError::Empty)
-            };
-            match next {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            match queue.next(Some(until)) {
+                Next::Job(job) => batch.push(job),
+                Next::TimedOut | Next::Closed => break,
             }
         }
         let d = depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
@@ -233,5 +334,170 @@ fn worker(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// Answers each image with its id (pixel 0) and records every batch's
+    /// ids; the first call waits for the test to open the gate, so the
+    /// test can fill the queue while the worker is busy.
+    struct GateBackend {
+        entered: mpsc::Sender<()>,
+        gate: Option<mpsc::Receiver<()>>,
+        batches: Arc<Mutex<Vec<Vec<usize>>>>,
+    }
+
+    impl Backend for GateBackend {
+        fn infer(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
+            if let Some(gate) = self.gate.take() {
+                let _ = self.entered.send(());
+                let _ = gate.recv();
+            }
+            let ids: Vec<usize> = input.chunks_exact(PIXELS).map(|p| p[0] as usize).collect();
+            self.batches.lock().unwrap().push(ids.clone());
+            let mut out = vec![0f32; n * CLASSES];
+            for (row, id) in out.chunks_exact_mut(CLASSES).zip(ids) {
+                row[0] = id as f32;
+            }
+            Ok(out)
+        }
+    }
+
+    fn submit(
+        b: &Batcher,
+        id: usize,
+        traffic: Traffic,
+    ) -> oneshot::Receiver<Result<Inference, BatchError>> {
+        let mut image = Box::new([0f32; PIXELS]);
+        image[0] = id as f32;
+        let (reply, rx) = oneshot::channel();
+        b.submit(Job {
+            image,
+            deadline: None,
+            enqueued: Instant::now(),
+            reply,
+            permit: b.try_admit(1).expect("room in the queue"),
+            traffic,
+        });
+        rx
+    }
+
+    /// The batches one worker runs when frame 0 keeps it busy while bulk
+    /// frames 1..=10 and then interactive calls 100 and 101 queue up.
+    fn batches_after_queueing(policy: QueuePolicy) -> Vec<Vec<usize>> {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = GateBackend {
+            entered: entered_tx,
+            gate: Some(gate),
+            batches: batches.clone(),
+        };
+        let b = Batcher::start(
+            vec![Box::new(backend)],
+            BatcherConfig {
+                max_batch_size: 4,
+                max_batch_delay: Duration::ZERO,
+                max_queue: 64,
+                policy,
+            },
+        );
+        let mut bulk = vec![submit(&b, 0, Traffic::Bulk)];
+        entered.recv().unwrap();
+        bulk.extend((1..=10).map(|id| submit(&b, id, Traffic::Bulk)));
+        let calls = [
+            submit(&b, 100, Traffic::Interactive),
+            submit(&b, 101, Traffic::Interactive),
+        ];
+        open.send(()).unwrap();
+        for rx in calls.into_iter().chain(bulk) {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        b.shutdown();
+        batches.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn interactive_requests_go_ahead_of_queued_bulk_frames() {
+        assert_eq!(
+            batches_after_queueing(QueuePolicy::Priority),
+            vec![
+                vec![0],
+                vec![100, 101, 1, 2],
+                vec![3, 4, 5, 6],
+                vec![7, 8, 9, 10]
+            ],
+            "interactive calls first, bulk fills the rest of the batch in order"
+        );
+    }
+
+    #[test]
+    fn fifo_policy_serves_in_arrival_order() {
+        assert_eq!(
+            batches_after_queueing(QueuePolicy::Fifo),
+            vec![
+                vec![0],
+                vec![1, 2, 3, 4],
+                vec![5, 6, 7, 8],
+                vec![9, 10, 100, 101]
+            ],
+        );
+    }
+
+    #[test]
+    fn shutdown_answers_what_both_lanes_hold() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = GateBackend {
+            entered: entered_tx,
+            gate: Some(gate),
+            batches: batches.clone(),
+        };
+        let b = Batcher::start(
+            vec![Box::new(backend)],
+            BatcherConfig {
+                max_batch_size: 2,
+                max_batch_delay: Duration::from_millis(1),
+                max_queue: 64,
+                policy: QueuePolicy::Priority,
+            },
+        );
+        let first = submit(&b, 0, Traffic::Interactive);
+        entered.recv().unwrap();
+        let rest: Vec<_> = (1..=9)
+            .map(|id| {
+                submit(
+                    &b,
+                    id,
+                    if id % 2 == 0 {
+                        Traffic::Bulk
+                    } else {
+                        Traffic::Interactive
+                    },
+                )
+            })
+            .collect();
+        // Shutdown closes both lanes while the worker is still busy.
+        let stopper = std::thread::spawn(move || b.shutdown());
+        open.send(()).unwrap();
+        stopper.join().unwrap();
+        for (id, rx) in std::iter::once(first).chain(rest).enumerate() {
+            let answer = rx
+                .blocking_recv()
+                .expect("every queued job is answered")
+                .unwrap();
+            assert_eq!(answer.probabilities[0], id as f32);
+        }
+        assert_eq!(
+            batches.lock().unwrap().iter().map(Vec::len).sum::<usize>(),
+            10
+        );
     }
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::batcher::QueuePolicy;
+
 /// Parses "250ms", "2s", "500us", "1m" or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -120,6 +122,12 @@ pub struct ServerArgs {
     /// model). Past it, unary calls get RESOURCE_EXHAUSTED and streams wait.
     #[arg(long, env = "MNISTER_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
+
+    /// `priority`: single calls (unary gRPC, HTTP, KServe infer) go ahead
+    /// of stream frames, so a bulk job does not add its queue to an
+    /// interactive caller's latency; `fifo`: first come, first served.
+    #[arg(long, env = "MNISTER_QUEUE_POLICY", value_enum, default_value_t = QueuePolicy::Priority)]
+    pub queue_policy: QueuePolicy,
 
     /// Largest encoded image accepted, in bytes.
     #[arg(long, env = "MNISTER_MAX_IMAGE_BYTES", default_value_t = 8 << 20)]

@@ -33,12 +33,7 @@ pub enum Input {
     Floats(Vec<f32>),
 }
 
-/// Whether a full server fails the request or makes it wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    FailFast,
-    Wait,
-}
+pub use crate::batcher::Traffic;
 
 #[derive(Debug, Clone)]
 pub struct Timings {
@@ -183,12 +178,12 @@ impl Engine {
         &self,
         input: Input,
         deadline: Option<Instant>,
-        admission: Admission,
+        traffic: Traffic,
         want_preprocessed: bool,
     ) -> Result<Classification, ServiceError> {
         let started = Instant::now();
-        let permit = self.admit(1, deadline, admission).await?;
-        self.classify_admitted(input, permit, deadline, want_preprocessed, started)
+        let permit = self.admit(1, deadline, traffic).await?;
+        self.classify_admitted(input, permit, deadline, traffic, want_preprocessed, started)
             .await
     }
 
@@ -199,7 +194,7 @@ impl Engine {
         self: &Arc<Self>,
         inputs: Vec<Input>,
         deadline: Option<Instant>,
-        admission: Admission,
+        traffic: Traffic,
     ) -> Result<Vec<Classification>, ServiceError> {
         let started = Instant::now();
         let n = inputs.len();
@@ -212,7 +207,7 @@ impl Engine {
                 self.config.batcher.max_queue
             )));
         }
-        let mut permit = self.admit(n as u32, deadline, admission).await?;
+        let mut permit = self.admit(n as u32, deadline, traffic).await?;
         let _inflight: Vec<InflightGuard> = (0..n).map(|_| InflightGuard::new()).collect();
         // Decode every image first, so that one bad image fails the request
         // before any of its siblings costs model time.
@@ -240,7 +235,15 @@ impl Engine {
             let engine = self.clone();
             tasks.push(tokio::spawn(async move {
                 engine
-                    .infer_preprocessed(image, preprocess_time, one, deadline, false, started)
+                    .infer_preprocessed(
+                        image,
+                        preprocess_time,
+                        one,
+                        deadline,
+                        traffic,
+                        false,
+                        started,
+                    )
                     .await
             }));
         }
@@ -259,13 +262,13 @@ impl Engine {
         &self,
         n: u32,
         deadline: Option<Instant>,
-        admission: Admission,
+        traffic: Traffic,
     ) -> Result<OwnedSemaphorePermit, ServiceError> {
-        match admission {
-            Admission::FailFast => self.batcher.try_admit(n).ok_or(ServiceError::QueueFull {
+        match traffic {
+            Traffic::Interactive => self.batcher.try_admit(n).ok_or(ServiceError::QueueFull {
                 max_queue: self.config.batcher.max_queue,
             }),
-            Admission::Wait => {
+            Traffic::Bulk => {
                 let wait = self.batcher.admit(n);
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d.into(), wait).await.map_err(|_| {
@@ -284,6 +287,7 @@ impl Engine {
         input: Input,
         permit: OwnedSemaphorePermit,
         deadline: Option<Instant>,
+        traffic: Traffic,
         want_preprocessed: bool,
         started: Instant,
     ) -> Result<Classification, ServiceError> {
@@ -294,6 +298,7 @@ impl Engine {
             preprocess_time,
             permit,
             deadline,
+            traffic,
             want_preprocessed,
             started,
         )
@@ -318,6 +323,7 @@ impl Engine {
         preprocess_time: Duration,
         permit: OwnedSemaphorePermit,
         deadline: Option<Instant>,
+        traffic: Traffic,
         want_preprocessed: bool,
         started: Instant,
     ) -> Result<Classification, ServiceError> {
@@ -337,6 +343,7 @@ impl Engine {
             enqueued: Instant::now(),
             reply: tx,
             permit,
+            traffic,
         });
         let answer = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {

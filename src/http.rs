@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use metrics::{counter, histogram};
 use tonic::Code;
 
-use crate::engine::{Admission, Input};
+use crate::engine::{Input, Traffic};
 use crate::metrics as m;
 use crate::service::ServerState;
 use crate::service::classifier::model_info;
@@ -168,7 +168,7 @@ async fn classify_inner(
     };
     let deadline = Instant::now() + state.request_timeout;
     let c = engine
-        .classify(input, Some(deadline), Admission::FailFast, want)
+        .classify(input, Some(deadline), Traffic::Interactive, want)
         .await
         .map_err(ApiError)?;
     let us = |d: std::time::Duration| d.as_micros() as u64;

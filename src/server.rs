@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::TokenAuth;
-use crate::batcher::BatcherConfig;
+use crate::batcher::{BatcherConfig, QueuePolicy};
 use crate::config::ServerArgs;
 use crate::engine::{Engine, EngineConfig};
 use crate::preprocess::Limits;
@@ -40,6 +40,7 @@ pub fn engine_config(args: &ServerArgs) -> EngineConfig {
             max_batch_size: args.max_batch_size,
             max_batch_delay: args.max_batch_delay,
             max_queue: args.max_queue,
+            policy: args.queue_policy,
         },
         sessions: args.sessions,
         intra_threads: args.intra_threads,
@@ -64,6 +65,11 @@ pub fn limits(args: &ServerArgs) -> pb::Limits {
         max_message_bytes: args.max_message_bytes as u64,
         default_timeout_ms: args.request_timeout.as_millis() as u64,
         max_concurrent_streams_per_connection: args.max_concurrent_streams,
+        queue_policy: match args.queue_policy {
+            QueuePolicy::Priority => "priority",
+            QueuePolicy::Fifo => "fifo",
+        }
+        .into(),
     }
 }
 

@@ -57,6 +57,8 @@ async fn get_model_info_reports_every_limit() {
         "16",
         "--max-queue",
         "99",
+        "--queue-policy",
+        "fifo",
     ]);
     server.wait_serving().await;
     let l = server
@@ -75,6 +77,7 @@ async fn get_model_info_reports_every_limit() {
     assert_eq!(l.max_concurrent_streams_per_connection, 9);
     assert_eq!(l.default_timeout_ms, 1500);
     assert_eq!((l.max_batch_size, l.max_queue), (16, 99));
+    assert_eq!(l.queue_policy, "fifo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

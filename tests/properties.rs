@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mnister::backend::{Backend, BackendError, CLASSES};
-use mnister::batcher::{BatchError, Batcher, BatcherConfig, Job};
+use mnister::batcher::{BatchError, Batcher, BatcherConfig, Job, QueuePolicy, Traffic};
 use mnister::preprocess::{self, Limits, MnistImage, PIXELS};
 use proptest::prelude::*;
 
@@ -163,11 +163,13 @@ proptest! {
         delay_us in prop_oneof![Just(0u64), 1u64..300],
         batch_delay_us in prop_oneof![Just(0u64), 1u64..500],
         poison_every in prop_oneof![Just(None), (3usize..50).prop_map(Some)],
+        policy in prop_oneof![Just(QueuePolicy::Priority), Just(QueuePolicy::Fifo)],
     ) {
         let config = BatcherConfig {
             max_batch_size,
             max_batch_delay: Duration::from_micros(batch_delay_us),
             max_queue: 1024,
+            policy,
         };
         let backends: Vec<Box<dyn Backend>> = (0..sessions)
             .map(|_| Box::new(EchoBackend { delay: Duration::from_micros(delay_us) }) as Box<dyn Backend>)
@@ -190,6 +192,7 @@ proptest! {
                                     enqueued: Instant::now(),
                                     reply: tx,
                                     permit: batcher.try_admit(1).expect("room"),
+                                    traffic: if id % 3 == 0 { Traffic::Bulk } else { Traffic::Interactive },
                                 });
                                 waits.push((id, poison, rx));
                             }

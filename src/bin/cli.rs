@@ -92,6 +92,7 @@ async fn run(args: Args) -> Result<ExitCode, CliError> {
                         "max_frames_in_flight_per_stream": l.max_frames_in_flight_per_stream,
                         "max_message_bytes": l.max_message_bytes, "default_timeout_ms": l.default_timeout_ms,
                         "max_concurrent_streams_per_connection": l.max_concurrent_streams_per_connection,
+                        "queue_policy": l.queue_policy,
                     })),
                     "metadata": info.metadata,
                 });
@@ -113,9 +114,10 @@ async fn run(args: Args) -> Result<ExitCode, CliError> {
                 }
                 if let Some(l) = info.limits {
                     println!(
-                        "limits     max batch {}, max queue {}, max image {} bytes / {} pixels, max message {} bytes, {} frames in flight per stream, {} streams per connection, default timeout {} ms",
+                        "limits     max batch {}, max queue {} ({}), max image {} bytes / {} pixels, max message {} bytes, {} frames in flight per stream, {} streams per connection, default timeout {} ms",
                         l.max_batch_size,
                         l.max_queue,
+                        l.queue_policy,
                         l.max_image_bytes,
                         l.max_pixels,
                         l.max_message_bytes,

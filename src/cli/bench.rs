@@ -257,35 +257,46 @@ async fn open_unary(
     let outstanding = Arc::new(Semaphore::new(args.concurrency));
     let tally = Arc::new(Mutex::new(Tally::new()));
     let start = Instant::now();
-    let mut k = 0usize;
-    let mut tasks = Vec::new();
-    loop {
-        // Each request has its slot on the schedule whatever the server does.
-        let scheduled = start + interval.mul_f64(k as f64);
-        if scheduled >= end {
-            break;
-        }
-        tokio::time::sleep_until(scheduled.into()).await;
-        let permit = outstanding
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let mut client = clients[k % clients.len()].clone();
-        let (inputs, conn, tally) = (inputs.clone(), conn.clone(), tally.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = client.classify(conn.request(request(&inputs, k))).await;
-            drop(permit);
-            if scheduled >= measure_from {
-                // Measured from the scheduled start, not the actual send.
-                tally
-                    .lock()
-                    .expect("tally lock")
-                    .record(scheduled.elapsed(), r.map(|_| ()).map_err(|s| s.code()));
+    let (clients, conn) = (clients.to_vec(), conn.clone());
+    let runtime = tokio::runtime::Handle::current();
+    // The schedule runs on its own thread with the OS sleep: tokio's timer
+    // ticks in whole milliseconds, which at 1,000 req/s would add up to a
+    // millisecond of the client's own lateness to every measured latency.
+    let tasks = {
+        let tally = tally.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tasks = Vec::new();
+            for k in 0usize.. {
+                // Each request has its slot on the schedule whatever the server does.
+                let scheduled = start + interval.mul_f64(k as f64);
+                if scheduled >= end {
+                    break;
+                }
+                if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let permit = runtime
+                    .block_on(outstanding.clone().acquire_owned())
+                    .expect("never closed");
+                let mut client = clients[k % clients.len()].clone();
+                let (inputs, conn, tally) = (inputs.clone(), conn.clone(), tally.clone());
+                tasks.push(runtime.spawn(async move {
+                    let r = client.classify(conn.request(request(&inputs, k))).await;
+                    drop(permit);
+                    if scheduled >= measure_from {
+                        // Measured from the scheduled start, not the actual send.
+                        tally
+                            .lock()
+                            .expect("tally lock")
+                            .record(scheduled.elapsed(), r.map(|_| ()).map_err(|s| s.code()));
+                    }
+                }));
             }
-        }));
-        k += 1;
-    }
+            tasks
+        })
+        .await
+        .expect("the request scheduler")
+    };
     for t in tasks {
         let _ = t.await;
     }

@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::ServerState;
 use super::error::{ServiceError, code_label};
-use crate::engine::{Admission, Classification, Engine, Input};
+use crate::engine::{Classification, Engine, Input, Traffic};
 use crate::metrics as m;
 use crate::proto::v1 as pb;
 use crate::proto::v1::digit_classifier_server::DigitClassifier;
@@ -68,11 +68,11 @@ async fn classify(
     engine: &Engine,
     mut req: pb::ClassifyRequest,
     deadline: Instant,
-    admission: Admission,
+    traffic: Traffic,
 ) -> Result<pb::ClassifyResponse, ServiceError> {
     let input = take_input(&mut req)?;
     let c = engine
-        .classify(input, Some(deadline), admission, req.return_preprocessed)
+        .classify(input, Some(deadline), traffic, req.return_preprocessed)
         .await?;
     Ok(to_response(req.id, c))
 }
@@ -89,7 +89,13 @@ impl DigitClassifier for ClassifierService {
         let deadline = self.state.deadline(request.metadata());
         let result = match self.state.engine() {
             Ok(engine) => {
-                classify(&engine, request.into_inner(), deadline, Admission::FailFast).await
+                classify(
+                    &engine,
+                    request.into_inner(),
+                    deadline,
+                    Traffic::Interactive,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -127,7 +133,7 @@ impl DigitClassifier for ClassifierService {
                         .map(|e| e.version.to_string())
                         .unwrap_or_default();
                     let result = match engine {
-                        Ok(engine) => classify(&engine, frame, deadline, Admission::Wait).await,
+                        Ok(engine) => classify(&engine, frame, deadline, Traffic::Bulk).await,
                         Err(e) => Err(e),
                     };
                     let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
@@ -192,7 +198,7 @@ pub fn model_info(engine: &Engine, limits: &pb::Limits) -> pb::ModelInfo {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("accuracy.")?.to_string(), v.parse().ok()?)))
             .collect(),
-        limits: Some(*limits),
+        limits: Some(limits.clone()),
         metadata: md.clone().into_iter().collect(),
         precision: md
             .get("precision")

@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::ServerState;
 use super::error::{ServiceError, code_label};
-use crate::engine::{Admission, Classification, Engine, Input};
+use crate::engine::{Classification, Engine, Input, Traffic};
 use crate::metrics as m;
 use crate::preprocess::PIXELS;
 use crate::proto::inference as pb;
@@ -322,12 +322,12 @@ async fn infer(
     engine: &Arc<Engine>,
     mut req: pb::ModelInferRequest,
     deadline: Instant,
-    admission: Admission,
+    traffic: Traffic,
 ) -> Result<pb::ModelInferResponse, ServiceError> {
     let outputs = requested_outputs(&req)?;
     let inputs = decode_inputs(&mut req)?;
     let results = engine
-        .classify_many(inputs, Some(deadline), admission)
+        .classify_many(inputs, Some(deadline), traffic)
         .await?;
     Ok(encode_response(
         svc_model, engine, req.id, &outputs, &results,
@@ -423,7 +423,7 @@ impl GrpcInferenceService for KServeService {
                         &engine,
                         req,
                         deadline,
-                        Admission::FailFast,
+                        Traffic::Interactive,
                     )
                     .await
                 }
@@ -463,7 +463,7 @@ impl GrpcInferenceService for KServeService {
                             &req.model_version,
                         ) {
                             Ok(()) => {
-                                infer(&model_name, &engine, req, deadline, Admission::Wait).await
+                                infer(&model_name, &engine, req, deadline, Traffic::Bulk).await
                             }
                             Err(e) => Err(e),
                         },
