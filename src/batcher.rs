@@ -7,8 +7,7 @@
 //!
 //! The queue has two lanes. A caller waiting on one image (unary gRPC, the
 //! web page, KServe infer) goes ahead of bulk stream frames, which otherwise
-//! keep a deep queue in front of it; bulk takes what room is left in a
-//! batch. The priority is strict, so interactive load at full capacity
+//! keep a deep queue in front of it. The priority is strict, so interactive load at full capacity
 //! holds bulk frames back until their deadline: the price of keeping
 //! interactive latency flat under a bulk job.
 //!
@@ -22,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -213,8 +212,23 @@ enum Next {
 
 impl Queue {
     /// The next job, interactive first; waits until `deadline` (forever
-    /// with None) when both lanes are empty.
-    fn next(&self, deadline: Option<Instant>) -> Next {
+    /// with None) when both lanes are empty. Without `bulk`, only the
+    /// interactive lane.
+    fn next(&self, deadline: Option<Instant>, bulk: bool) -> Next {
+        if !bulk {
+            return match self.interactive.try_recv() {
+                Ok(job) => Next::Job(job),
+                Err(TryRecvError::Disconnected) => Next::Closed,
+                Err(TryRecvError::Empty) => match deadline {
+                    None => self.interactive.recv().map_or(Next::Closed, Next::Job),
+                    Some(d) => match self.interactive.recv_deadline(d) {
+                        Ok(job) => Next::Job(job),
+                        Err(RecvTimeoutError::Timeout) => Next::TimedOut,
+                        Err(RecvTimeoutError::Disconnected) => Next::Closed,
+                    },
+                },
+            };
+        }
         loop {
             let a = match self.interactive.try_recv() {
                 Ok(job) => return Next::Job(job),
@@ -265,14 +279,19 @@ fn worker(
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_size);
     let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch_size * PIXELS);
     loop {
-        match queue.next(None) {
+        match queue.next(None, true) {
             Next::Job(first) => batch.push(first),
             Next::Closed => return,
             Next::TimedOut => continue,
         }
+        // A batch that starts with a single call takes no bulk frames: the
+        // cost per image is flat from batch 2 on for this model, so filling
+        // it would buy no throughput and make the caller wait for the
+        // frames' inference too.
+        let with_bulk = batch[0].traffic == Traffic::Bulk;
         let until = Instant::now() + cfg.max_batch_delay;
         while batch.len() < cfg.max_batch_size {
-            match queue.next(Some(until)) {
+            match queue.next(Some(until), with_bulk) {
                 Next::Job(job) => batch.push(job),
                 Next::TimedOut | Next::Closed => break,
             }
@@ -429,11 +448,12 @@ mod tests {
             batches_after_queueing(QueuePolicy::Priority),
             vec![
                 vec![0],
-                vec![100, 101, 1, 2],
-                vec![3, 4, 5, 6],
-                vec![7, 8, 9, 10]
+                vec![100, 101],
+                vec![1, 2, 3, 4],
+                vec![5, 6, 7, 8],
+                vec![9, 10]
             ],
-            "interactive calls first, bulk fills the rest of the batch in order"
+            "interactive calls first and on their own, then bulk in order"
         );
     }
 
