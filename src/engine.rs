@@ -97,6 +97,14 @@ pub enum EngineError {
     },
 }
 
+/// An admitted request's place in the queue and its bounds in time.
+struct Ticket {
+    permit: OwnedSemaphorePermit,
+    deadline: Option<Instant>,
+    traffic: Traffic,
+    started: Instant,
+}
+
 /// Counts a request as in flight for as long as it lives.
 struct InflightGuard;
 
@@ -182,8 +190,13 @@ impl Engine {
         want_preprocessed: bool,
     ) -> Result<Classification, ServiceError> {
         let started = Instant::now();
-        let permit = self.admit(1, deadline, traffic).await?;
-        self.classify_admitted(input, permit, deadline, traffic, want_preprocessed, started)
+        let ticket = Ticket {
+            permit: self.admit(1, deadline, traffic).await?,
+            deadline,
+            traffic,
+            started,
+        };
+        self.classify_admitted(input, ticket, want_preprocessed)
             .await
     }
 
@@ -233,17 +246,15 @@ impl Engine {
                 std::mem::replace(&mut permit, self.batcher.empty_permit())
             };
             let engine = self.clone();
+            let ticket = Ticket {
+                permit: one,
+                deadline,
+                traffic,
+                started,
+            };
             tasks.push(tokio::spawn(async move {
                 engine
-                    .infer_preprocessed(
-                        image,
-                        preprocess_time,
-                        one,
-                        deadline,
-                        traffic,
-                        false,
-                        started,
-                    )
+                    .infer_preprocessed(image, preprocess_time, ticket, false)
                     .await
             }));
         }
@@ -285,24 +296,13 @@ impl Engine {
     async fn classify_admitted(
         &self,
         input: Input,
-        permit: OwnedSemaphorePermit,
-        deadline: Option<Instant>,
-        traffic: Traffic,
+        ticket: Ticket,
         want_preprocessed: bool,
-        started: Instant,
     ) -> Result<Classification, ServiceError> {
         let _inflight = InflightGuard::new();
         let (image, preprocess_time) = self.timed_preprocess(input).await?;
-        self.infer_preprocessed(
-            image,
-            preprocess_time,
-            permit,
-            deadline,
-            traffic,
-            want_preprocessed,
-            started,
-        )
-        .await
+        self.infer_preprocessed(image, preprocess_time, ticket, want_preprocessed)
+            .await
     }
 
     async fn timed_preprocess(
@@ -321,12 +321,15 @@ impl Engine {
         &self,
         image: Box<MnistImage>,
         preprocess_time: Duration,
-        permit: OwnedSemaphorePermit,
-        deadline: Option<Instant>,
-        traffic: Traffic,
+        ticket: Ticket,
         want_preprocessed: bool,
-        started: Instant,
     ) -> Result<Classification, ServiceError> {
+        let Ticket {
+            permit,
+            deadline,
+            traffic,
+            started,
+        } = ticket;
         if deadline.is_some_and(|d| d <= Instant::now()) {
             counter!(m::DROPPED, "reason" => "deadline_exceeded").increment(1);
             return Err(ServiceError::DeadlineExceeded(format!(
