@@ -5,11 +5,11 @@
 //! everything the server holds for requests is bounded by it. Unary calls
 //! take a permit or fail at once; streams wait for one.
 //!
-//! The queue has two lanes. A caller waiting on one image (unary gRPC, the
+//! The queue has two lanes. A caller waiting on one answer (unary gRPC, the
 //! web page, KServe infer) goes ahead of bulk stream frames, which otherwise
-//! keep a deep queue in front of it. The priority is strict, so interactive load at full capacity
-//! holds bulk frames back until their deadline: the price of keeping
-//! interactive latency flat under a bulk job.
+//! keep a deep queue in front of it. The priority is strict, so interactive
+//! load at full capacity holds bulk frames back until their deadline: the
+//! price of keeping interactive latency flat under a bulk job.
 //!
 //! Each session runs on its own OS thread, never on the async runtime. A
 //! worker takes whatever is waiting, up to `max_batch_size` (continuous
@@ -40,7 +40,8 @@ pub struct BatcherConfig {
 /// How the two lanes share the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueuePolicy {
-    /// Interactive calls first; bulk frames fill the rest of each batch.
+    /// Interactive calls first, in batches of their own; bulk frames when
+    /// no call is waiting.
     Priority,
     /// One line, first come first served, whatever the request.
     Fifo,
@@ -52,8 +53,8 @@ pub enum Traffic {
     /// A caller waiting on this answer: admitted at once or refused
     /// (RESOURCE_EXHAUSTED), served before bulk frames.
     Interactive,
-    /// Stream frames: wait for room (back-pressure), then fill what
-    /// interactive requests leave of each batch.
+    /// Stream frames: wait for room (back-pressure), then for the sessions
+    /// to have no interactive call to run.
     Bulk,
 }
 
