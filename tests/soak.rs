@@ -53,7 +53,12 @@ fn errors(r: &serde_json::Value) -> u64 {
 async fn soak_at_half_load_keeps_memory_flat() {
     let secs: u64 = env_or("MNISTER_SOAK_SECS", 300);
     let rps: u64 = env_or("MNISTER_SOAK_RPS", 1100);
-    let server = TestServer::start(&[]);
+    // The model the server serves by default (int8), unless told otherwise.
+    let model = std::env::var("MNISTER_SOAK_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| common::root().join("models/mnist-cnn.int8.onnx"));
+    println!("model: {}", model.display());
+    let server = TestServer::start_with_model(&model, &[]);
     server.wait_serving().await;
     // Let allocator pools and ORT arenas reach their working size first.
     let warm = bench(
