@@ -58,6 +58,28 @@ pub enum Traffic {
     Bulk,
 }
 
+impl Traffic {
+    /// The `lane` label of `mnister_queue_depth`.
+    pub fn lane(self) -> &'static str {
+        match self {
+            Traffic::Interactive => "single",
+            Traffic::Bulk => "stream",
+        }
+    }
+}
+
+/// Adds `delta` to a lane's queue-depth gauge. Increments and decrements,
+/// never `set`: the submitting thread and the workers both change the depth,
+/// and a `set` from one would overwrite the other's newer value.
+fn queue_gauge(traffic: Traffic, delta: f64) {
+    let g = gauge!(m::QUEUE_DEPTH, "lane" => traffic.lane());
+    if delta >= 0.0 {
+        g.increment(delta);
+    } else {
+        g.decrement(-delta);
+    }
+}
+
 /// What the model said about one image.
 #[derive(Debug, Clone)]
 pub struct Inference {
@@ -166,11 +188,13 @@ impl Batcher {
             (Traffic::Bulk, QueuePolicy::Priority) => &lanes.bulk,
             _ => &lanes.interactive,
         };
-        let d = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
-        gauge!(m::QUEUE_DEPTH).set(d as f64);
+        let traffic = job.traffic;
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        queue_gauge(traffic, 1.0);
         if let Err(e) = tx.try_send(job) {
             // Only reachable if the workers are gone; answer instead of hanging.
             self.depth.fetch_sub(1, Ordering::Relaxed);
+            queue_gauge(traffic, -1.0);
             let job = e.into_inner();
             let _ = job.reply.send(Err(BatchError::Backend(
                 "the batch workers have stopped".into(),
@@ -297,8 +321,19 @@ fn worker(
                 Next::TimedOut | Next::Closed => break,
             }
         }
-        let d = depth.fetch_sub(batch.len(), Ordering::Relaxed) - batch.len();
-        gauge!(m::QUEUE_DEPTH).set(d as f64);
+        depth.fetch_sub(batch.len(), Ordering::Relaxed);
+        let singles = batch
+            .iter()
+            .filter(|j| j.traffic == Traffic::Interactive)
+            .count();
+        for (traffic, n) in [
+            (Traffic::Interactive, singles),
+            (Traffic::Bulk, batch.len() - singles),
+        ] {
+            if n > 0 {
+                queue_gauge(traffic, -(n as f64));
+            }
+        }
 
         // Drop what nobody waits for any more before it costs model time.
         let now = Instant::now();

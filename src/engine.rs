@@ -172,8 +172,13 @@ impl Engine {
         }
     }
 
-    pub fn queue_depth(&self) -> usize {
-        self.batcher.queue_depth()
+    /// The labels of this engine's `mnister_model_info` series.
+    pub fn model_labels(&self) -> m::ModelLabels<'_> {
+        m::ModelLabels {
+            version: &self.version,
+            sha256: &self.model.sha256,
+            precision: self.model.precision(),
+        }
     }
 
     /// Stops the workers after they finish what is queued.

@@ -111,7 +111,9 @@ fn register(max_queue: usize) {
     for r in DROP_REASONS {
         counter!(DROPPED, "reason" => r).increment(0);
     }
-    gauge!(QUEUE_DEPTH).set(0.0);
+    for lane in ["single", "stream"] {
+        gauge!(QUEUE_DEPTH, "lane" => lane).set(0.0);
+    }
     gauge!(INFLIGHT).set(0.0);
     gauge!(QUEUE_CAPACITY).set(max_queue as f64);
     metrics::describe_counter!(
@@ -148,7 +150,10 @@ fn register(max_queue: usize) {
         DROPPED,
         "Requests dropped before reaching the model, by reason."
     );
-    metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for a batch worker.");
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Requests waiting for a batch worker, by lane (single calls, stream frames)."
+    );
     metrics::describe_gauge!(
         INFLIGHT,
         "Requests admitted (preprocessing, queued or in a batch) and not yet answered."
@@ -163,10 +168,26 @@ fn register(max_queue: usize) {
     );
 }
 
-/// Marks `version`/`sha256` as the loaded model, and any previous one as gone.
-pub fn set_model(previous: Option<(&str, &str)>, version: &str, sha256: &str, precision: &str) {
-    if let Some((v, s)) = previous {
-        gauge!(MODEL_INFO, "version" => v.to_string(), "sha256" => s.to_string(), "precision" => precision.to_string()).set(0.0);
+/// The labels of one `mnister_model_info` series.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelLabels<'a> {
+    pub version: &'a str,
+    pub sha256: &'a str,
+    pub precision: &'a str,
+}
+
+impl ModelLabels<'_> {
+    fn gauge(&self) -> metrics::Gauge {
+        gauge!(MODEL_INFO, "version" => self.version.to_string(), "sha256" => self.sha256.to_string(), "precision" => self.precision.to_string())
     }
-    gauge!(MODEL_INFO, "version" => version.to_string(), "sha256" => sha256.to_string(), "precision" => precision.to_string()).set(1.0);
+}
+
+/// Marks `current` as the loaded model, and the previous one as gone. Each
+/// series is named by its own labels, so an fp32 -> int8 reload zeroes the
+/// fp32 series rather than a series that never existed.
+pub fn set_model(previous: Option<ModelLabels<'_>>, current: ModelLabels<'_>) {
+    if let Some(p) = previous {
+        p.gauge().set(0.0);
+    }
+    current.gauge().set(1.0);
 }

@@ -63,17 +63,9 @@ impl Reloader {
             Ok(engine) => {
                 let engine = Arc::new(engine);
                 let old = self.state.engine.swap(Some(engine.clone()));
-                let precision = engine
-                    .model
-                    .metadata
-                    .get("precision")
-                    .map_or("fp32", String::as_str);
                 m::set_model(
-                    old.as_deref()
-                        .map(|o| (&*o.version, o.model.sha256.as_str())),
-                    &engine.version,
-                    &engine.model.sha256,
-                    precision,
+                    old.as_deref().map(Engine::model_labels),
+                    engine.model_labels(),
                 );
                 counter!(m::RELOADS, "result" => "success").increment(1);
                 tracing::info!(

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
@@ -93,12 +95,30 @@ async fn metrics_http(
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, router)
+    if let Err(e) = axum::serve(listener.tap_io(|s| set_nodelay(s)), router)
         .with_graceful_shutdown(stop)
         .await
     {
         tracing::error!(error = %e, "metrics endpoint failed");
     }
+}
+
+/// Every accepted socket of every port gets TCP_NODELAY. Without it a small
+/// response waits for the client's delayed ACK (Nagle): a 40 ms tail that
+/// Python's grpcio saw and our own Rust client never did. tonic's
+/// `tcp_nodelay` only reaches listeners tonic binds itself, and axum sets
+/// nothing, so the option is set here, on the accept path, before TLS.
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+    }
+}
+
+/// The gRPC port's accepted connections, TCP_NODELAY set on each.
+fn grpc_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| accepted.inspect(set_nodelay))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -208,7 +228,6 @@ pub async fn serve(
     }
     let mut grpc_task = tokio::spawn(
         builder
-            .tcp_nodelay(true)
             .max_concurrent_streams(args.max_concurrent_streams)
             .layer(tower::util::MapResponseLayer::new(
                 crate::service::error::rewrite_too_large,
@@ -218,7 +237,7 @@ pub async fn serve(
             .add_service(classifier)
             .add_service(kserve)
             .add_optional_service(admin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped()),
+            .serve_with_incoming_shutdown(grpc_incoming(grpc_listener), stopped()),
     );
     let upkeep = {
         let handle = handle.clone();
@@ -234,7 +253,7 @@ pub async fn serve(
     let web = crate::http::router(state.clone(), args.max_image_bytes / 3 * 4 + (64 << 10));
     let web_stop = stopped();
     let web_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(web_listener, web)
+        if let Err(e) = axum::serve(web_listener.tap_io(|s| set_nodelay(s)), web)
             .with_graceful_shutdown(web_stop)
             .await
         {
@@ -249,16 +268,7 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || Engine::load(&model_path, ort_lib.as_deref(), cfg))
             .await
             .context("the model loader panicked")??;
-    crate::metrics::set_model(
-        None,
-        &engine.version,
-        &engine.model.sha256,
-        engine
-            .model
-            .metadata
-            .get("precision")
-            .map_or("fp32", String::as_str),
-    );
+    crate::metrics::set_model(None, engine.model_labels());
     tracing::info!(
         model = %engine.model.path.display(),
         version = %engine.version,

@@ -249,3 +249,36 @@ async fn a_model_that_fails_the_golden_digits_never_serves() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("golden digits"), "{err}");
 }
+
+/// After an fp32 -> int8 reload, `mnister_model_info` shows the int8 model
+/// at 1 and the fp32 one at 0: each series is zeroed by its own labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_across_precisions_retires_the_old_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(default_model(), &model).unwrap();
+    let server = TestServer::start_with_model(&model, &[]);
+    server.wait_serving().await;
+    let info = |precision: &str| {
+        metric(
+            &parse_metrics(&server.scrape()),
+            "mnister_model_info",
+            &[("precision", precision)],
+        )
+    };
+    assert_eq!((info("fp32"), info("int8")), (1.0, 0.0));
+    std::fs::copy(common::root().join("models/mnist-cnn.int8.onnx"), &model).unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while info("int8") != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info("fp32"), 0.0, "{}", server.scrape());
+    let m = parse_metrics(&server.scrape());
+    let live: Vec<_> = m
+        .iter()
+        .filter(|s| s.name == "mnister_model_info" && s.value == 1.0)
+        .collect();
+    assert_eq!(live.len(), 1, "one model is loaded: {live:?}");
+}

@@ -110,7 +110,15 @@ async fn tls_serves_and_plaintext_fails_cleanly() {
     };
     assert!(r.is_err(), "plaintext reached a TLS port");
     let ch = tls_channel(&server, &p.ca, None).await.unwrap();
-    assert!(call(ch).await.is_ok());
+    assert!(call(ch.clone()).await.is_ok());
+    // TCP_NODELAY is set on the accept path, under TLS too.
+    let on_grpc: Vec<_> = server
+        .accepted_sockets()
+        .into_iter()
+        .filter(|(local, _, _)| local.port() == server.grpc_addr.port())
+        .collect();
+    assert!(!on_grpc.is_empty());
+    assert!(on_grpc.iter().all(|(_, _, nodelay)| *nodelay), "{on_grpc:?}");
     // The wrong CA does not trust the server.
     let (other_ca, _) = ca();
     let bad = match tls_channel(&server, &other_ca, None).await {

@@ -273,6 +273,15 @@ async fn metrics_have_every_series_from_the_first_scrape() {
     ] {
         assert!(has(name), "{name} missing from:\n{text}");
     }
+    for lane in ["single", "stream"] {
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.name == "mnister_queue_depth"
+                    && s.labels.iter().any(|(k, v)| k == "lane" && v == lane)),
+            "mnister_queue_depth{{lane={lane:?}}} missing"
+        );
+    }
     for h in [
         "mnister_request_duration_seconds",
         "mnister_queue_duration_seconds",
@@ -736,4 +745,75 @@ fn a_file_that_is_not_a_model_is_refused_with_the_reason() {
         err.contains("not a valid ONNX model") && err.contains("model.onnx"),
         "{err}"
     );
+}
+
+/// Waits (bounded) until the server has accepted a connection from each of
+/// `clients` (matched by the client's own address), and returns those
+/// sockets' TCP_NODELAY, keyed by the server port they arrived on.
+pub async fn nodelay_of(
+    server: &TestServer,
+    clients: &[std::net::SocketAddr],
+) -> Vec<(u16, bool)> {
+    for _ in 0..100 {
+        let socks = server.accepted_sockets();
+        let found: Vec<_> = clients
+            .iter()
+            .filter_map(|c| {
+                socks
+                    .iter()
+                    .find(|(_, peer, _)| peer == c)
+                    .map(|(local, _, nd)| (local.port(), *nd))
+            })
+            .collect();
+        if found.len() == clients.len() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the server never accepted {clients:?}: {:?}",
+        server.accepted_sockets()
+    );
+}
+
+/// Nagle plus a client's delayed ACK put a 40 ms tail on small responses
+/// (seen from Python's grpcio). Every accepted socket of every port must
+/// have TCP_NODELAY: read back from the server process's own sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_socket_has_tcp_nodelay() {
+    let server = TestServer::start(&[]);
+    server.wait_serving().await;
+    // gRPC: a real call on a tonic channel; the page/JSON port and /metrics:
+    // plain connections, held open.
+    let grpc = std::net::TcpStream::connect(server.grpc_addr).unwrap();
+    let http = std::net::TcpStream::connect(server.http_addr).unwrap();
+    let metrics = std::net::TcpStream::connect(server.metrics_addr).unwrap();
+    let mut c = server.client().await;
+    c.classify(ClassifyRequest {
+        input: Some(Input::Mnist(test_set().images.image(0).to_vec())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let clients: Vec<_> = [&grpc, &http, &metrics]
+        .iter()
+        .map(|s| s.local_addr().unwrap())
+        .collect();
+    let found = nodelay_of(&server, &clients).await;
+    assert_eq!(
+        found,
+        vec![
+            (server.grpc_addr.port(), true),
+            (server.http_addr.port(), true),
+            (server.metrics_addr.port(), true),
+        ]
+    );
+    // The tonic channel's own connection too.
+    let all = server.accepted_sockets();
+    let on_grpc: Vec<_> = all
+        .iter()
+        .filter(|(l, _, _)| l.port() == server.grpc_addr.port())
+        .collect();
+    assert!(on_grpc.len() >= 2, "{all:?}");
+    assert!(all.iter().all(|(_, _, nd)| *nd), "{all:?}");
 }

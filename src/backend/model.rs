@@ -118,6 +118,11 @@ impl ModelFile {
             .unwrap_or_else(|| self.sha256[..12].to_string())
     }
 
+    /// `precision` from the metadata; files without it are fp32.
+    pub fn precision(&self) -> &str {
+        self.metadata.get("precision").map_or("fp32", String::as_str)
+    }
+
     pub fn name(&self) -> String {
         self.metadata.get("name").cloned().unwrap_or_else(|| {
             self.path

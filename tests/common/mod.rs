@@ -148,6 +148,48 @@ impl TestServer {
         http_get(self.metrics_addr, "/metrics")
     }
 
+    /// The server's connected TCP sockets (those its accept paths produced):
+    /// (local address, peer address, TCP_NODELAY). Read from the server
+    /// process itself: each socket is duplicated into this process with
+    /// pidfd_getfd(2), and the option read back with getsockopt.
+    pub fn accepted_sockets(&self) -> Vec<(SocketAddr, SocketAddr, bool)> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain syscalls; a returned fd is owned by us from here on.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            let Ok(target) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            use std::os::fd::AsRawFd;
+            let fd = unsafe {
+                libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0)
+            };
+            if fd < 0 {
+                panic!("pidfd_getfd: {}", std::io::Error::last_os_error());
+            }
+            // Our duplicate shares the socket; dropping it closes only the duplicate.
+            let s = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            if let (Ok(local), Ok(peer), Ok(nodelay)) = (s.local_addr(), s.peer_addr(), s.nodelay())
+            {
+                out.push((local, peer, nodelay));
+            }
+        }
+        out
+    }
+
     /// Sends a signal (e.g. "HUP") to the server.
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
