@@ -57,7 +57,7 @@ def client(server, *args):
 
 
 def raw(model, layout, seconds):
-    out = sh([f"{REL}/mnister-bench", "--model", model, "--json", "--batch", ",".join(map(str, BATCHES)),
+    out = sh([f"{REL}/mnister-baseline", "--model", model, "--json", "--batch", ",".join(map(str, BATCHES)),
               "--layouts", layout, "--seconds", str(seconds)])
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -77,7 +77,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if not a.no_build:
-        sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-bench"])
+        sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
     models = {"fp32": a.fp32, "int8": a.int8}
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     res = {"machine": {"cores": os.cpu_count(), "cpu": cpu, "loadavg_start": loadavg()}, "raw": {}, "server": {}}

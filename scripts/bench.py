@@ -61,7 +61,7 @@ def client(server, *args):
 
 
 def raw(batches, layouts, seconds):
-    out = sh([f"{REL}/mnister-bench", "--json", "--batch", ",".join(map(str, batches)),
+    out = sh([f"{REL}/mnister-baseline", "--json", "--batch", ",".join(map(str, batches)),
               "--layouts", ",".join(layouts), "--seconds", str(seconds)])
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-bench"])
+    sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {os.cpu_count()} cores, {cpu}; command: scripts/bench.py{' --quick' if a.quick else ''}")
     results = {"machine": {"cores": os.cpu_count(), "cpu": cpu}}

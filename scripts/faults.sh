@@ -9,7 +9,8 @@ bash scripts/setup-onnxruntime.sh >/dev/null
 mkdir -p runs/faults
 {
   echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-  # The CI cases (tests/faults.rs, tests/limits.rs) on the release build, then the long ones.
-  cargo test --release --test faults --test limits -- --test-threads 1 --nocapture
-  cargo test --release --test soak -- --ignored --test-threads 1 --nocapture
+  # The CI cases (tests/it/faults.rs, tests/it/limits.rs) on the release build, then the long ones.
+  cargo build --release --workspace --bins
+  cargo test --release --test it -- faults:: limits:: --test-threads 1 --nocapture
+  cargo test --release --test it -- soak:: --ignored --test-threads 1 --nocapture
 } 2>&1 | tee runs/faults/log

@@ -32,6 +32,8 @@ fi
 
 cargo fmt --all -- --check
 scripts/validate-deploy.sh
-cargo test --features train "$@"
+# The client binary lives in another package; the tests run it from target/.
+cargo build --workspace --bins
+cargo test --workspace "$@"
 # The browser test drives the page served by the binary `cargo test` built.
 SCREENSHOT="${SCREENSHOT:-$(mktemp --suffix=.png)}" node tests/browser/draw.mjs target/debug/mnister-server

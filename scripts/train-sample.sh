@@ -8,6 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-onnxruntime.sh
 data="${MNIST_DIR:-../shared/data/mnist}"
 [[ -d "$data" ]] || data=tests/data/mnist
-cargo build --release --features train --bin mnister-train
+cargo build --release -p mnister-train --bin mnister-train
 target/release/mnister-train --data-dir "$data" --out runs/sample \
   --train-limit 2000 --val-limit 1000 --val-size 1000 --epochs 2 "$@"

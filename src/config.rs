@@ -5,34 +5,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::batcher::QueuePolicy;
+use mnister_core::batcher::{BatcherConfig, QueuePolicy};
+use mnister_core::duration::parse_duration;
+use mnister_core::engine::EngineConfig;
+use mnister_core::preprocess::Limits;
 
-/// Parses "250ms", "2s", "500us", "1m" or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 500us, 2ms, 1.5s or 1m"))?;
-    let secs = match unit.trim() {
-        "" | "ms" => v / 1e3,
-        "us" | "µs" => v / 1e6,
-        "ns" => v / 1e9,
-        "s" => v,
-        "m" => v * 60.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?}; use ns, us, ms, s or m"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+use crate::frontend::ServerLimits;
+
+/// Flags that contradict each other or are out of range, all of them at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid flags: {}", .0.join("; "))]
+pub struct FlagsError(pub Vec<String>);
+
+/// `parse_duration` for clap, whose value parsers want a displayable error.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn queue_policy(s: &str) -> Result<QueuePolicy, String> {
+    s.parse()
 }
 
 fn cores() -> usize {
@@ -103,7 +94,7 @@ pub struct ServerArgs {
 
     /// How long a worker waits for more requests after the first one of a
     /// batch. 0 is continuous batching: whatever is waiting goes now.
-    #[arg(long, env = "MNISTER_MAX_BATCH_DELAY", default_value = "0ms", value_parser = parse_duration)]
+    #[arg(long, env = "MNISTER_MAX_BATCH_DELAY", default_value = "0ms", value_parser = duration)]
     pub max_batch_delay: Duration,
 
     /// ONNX Runtime sessions, each on its own worker thread.
@@ -126,7 +117,12 @@ pub struct ServerArgs {
     /// `priority`: single calls (unary gRPC, HTTP, KServe infer) go ahead
     /// of stream frames, so a bulk job does not add its queue to an
     /// interactive caller's latency; `fifo`: first come, first served.
-    #[arg(long, env = "MNISTER_QUEUE_POLICY", value_enum, default_value_t = QueuePolicy::Priority)]
+    #[arg(
+        long,
+        env = "MNISTER_QUEUE_POLICY",
+        default_value = "priority",
+        value_parser = queue_policy
+    )]
     pub queue_policy: QueuePolicy,
 
     /// Largest encoded image accepted, in bytes.
@@ -152,7 +148,7 @@ pub struct ServerArgs {
     pub max_concurrent_streams: u32,
 
     /// Deadline for calls that bring none (grpc-timeout).
-    #[arg(long, env = "MNISTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MNISTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
 
     /// Predictions below this confidence count as low-confidence.
@@ -175,7 +171,7 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_WATCH_MODEL")]
     pub watch_model: bool,
 
-    #[arg(long, env = "MNISTER_WATCH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "MNISTER_WATCH_INTERVAL", default_value = "2s", value_parser = duration)]
     pub watch_interval: Duration,
 
     /// Serve mnister.v1.Admin (ReloadModel). Off by default.
@@ -183,13 +179,13 @@ pub struct ServerArgs {
     pub enable_admin_rpc: bool,
 
     /// Time in-flight work gets to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "MNISTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MNISTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 }
 
 impl ServerArgs {
     /// Checks flags against each other before anything starts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FlagsError> {
         let mut p = Vec::new();
         if self.max_batch_size == 0 || self.max_batch_size > 4096 {
             p.push(format!(
@@ -236,7 +232,45 @@ impl ServerArgs {
         if p.is_empty() {
             Ok(())
         } else {
-            Err(p.join("; "))
+            Err(FlagsError(p))
+        }
+    }
+
+    /// The engine these flags ask for.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            batcher: BatcherConfig {
+                max_batch_size: self.max_batch_size,
+                max_batch_delay: self.max_batch_delay,
+                max_queue: self.max_queue,
+                policy: self.queue_policy,
+            },
+            sessions: self.sessions,
+            intra_threads: self.intra_threads,
+            preprocess_threads: self.preprocess_threads,
+            limits: Limits {
+                max_image_bytes: self.max_image_bytes,
+                max_pixels: self.max_pixels,
+            },
+            low_confidence: self.low_confidence,
+            warmup_runs: self.warmup_runs,
+            golden_min_accuracy: (self.golden_min_accuracy > 0.0)
+                .then_some(self.golden_min_accuracy),
+        }
+    }
+
+    /// The limits the front ends enforce and report.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_batch_size: self.max_batch_size,
+            max_queue: self.max_queue,
+            max_image_bytes: self.max_image_bytes,
+            max_pixels: self.max_pixels,
+            max_frames_in_flight: self.max_frames_in_flight,
+            max_message_bytes: self.max_message_bytes,
+            request_timeout: self.request_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            queue_policy: self.queue_policy,
         }
     }
 }
@@ -244,15 +278,35 @@ impl ServerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").unwrap_err().contains("unit"));
+    fn defaults_are_valid_and_flags_parse() {
+        let args = ServerArgs::parse_from(["mnister-server"]);
+        args.validate().unwrap();
+        assert_eq!(args.queue_policy, QueuePolicy::Priority);
+        let args = ServerArgs::parse_from([
+            "mnister-server",
+            "--queue-policy",
+            "fifo",
+            "--max-batch-delay",
+            "2ms",
+        ]);
+        assert_eq!(args.queue_policy, QueuePolicy::Fifo);
+        assert_eq!(args.max_batch_delay, Duration::from_millis(2));
+        assert!(ServerArgs::try_parse_from(["mnister-server", "--queue-policy", "lifo"]).is_err());
+    }
+
+    #[test]
+    fn contradictions_are_all_reported() {
+        let mut args = ServerArgs::parse_from(["mnister-server"]);
+        args.max_batch_size = 0;
+        args.low_confidence = 2.0;
+        let e = args.validate().unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.to_string().contains("--max-batch-size")
+                && e.to_string().contains("--low-confidence")
+        );
     }
 }

@@ -4,24 +4,21 @@
 //! mapped from the same `ServiceError`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use metrics::{counter, histogram};
-use tonic::Code;
+use mnister_core::engine::{Classification, Input, Traffic};
 
-use crate::engine::{Input, Traffic};
-use crate::metrics as m;
-use crate::service::ServerState;
-use crate::service::classifier::model_info;
-use crate::service::error::{ServiceError, code_label};
+use crate::auth::RequireToken;
+use crate::error::{ServiceError, code_label};
+use crate::frontend::ServerState;
+use crate::grpc::classifier::model_info;
 
 const PAGE: &str = include_str!("../web/index.html");
 
@@ -57,34 +54,22 @@ pub struct ClassifyQuery {
 }
 
 /// An error as JSON with the HTTP status that matches its gRPC code.
-struct ApiError(ServiceError);
-
-fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::InvalidArgument => StatusCode::BAD_REQUEST,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
+pub struct ApiError(pub ServiceError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.0.code();
         (
-            http_status(code),
+            self.0.http_status(),
             Json(serde_json::json!({"error": {"code": code_label(code), "message": self.0.to_string()}})),
         )
             .into_response()
     }
 }
 
-fn b64(field: &str, s: &str) -> Result<Vec<u8>, ServiceError> {
+fn b64(field: &str, s: &str) -> Result<Bytes, ServiceError> {
     B64.decode(s.trim())
+        .map(Bytes::from)
         .map_err(|e| ServiceError::BadRequest(format!("{field} must be standard base64: {e}")))
 }
 
@@ -120,59 +105,49 @@ async fn classify(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let result = classify_inner(&state, q, &headers, body).await;
-    let code = result.as_ref().map_or_else(|e| e.0.code(), |_| Code::Ok);
-    counter!(m::REQUESTS, "rpc" => "HttpClassify", "code" => code_label(code)).increment(1);
-    histogram!(m::REQUEST_DURATION, "rpc" => "HttpClassify")
-        .record(started.elapsed().as_secs_f64());
+    let deadline = state.deadline(None);
+    let result = state
+        .call("HttpClassify", |engine| async move {
+            let (id, input, want) = parse_request(q, &headers, body)?;
+            let c = engine
+                .classify(input, Some(deadline), Traffic::Interactive, want)
+                .await?;
+            Ok(to_json(id, c))
+        })
+        .await;
     match result {
         Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
-async fn classify_inner(
-    state: &ServerState,
+/// The request's input: a JSON body, or any other body as the encoded image
+/// itself (curl --data-binary @digit.png). The body is not copied.
+fn parse_request(
     q: ClassifyQuery,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<serde_json::Value, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    state.auth.check(token).map_err(|why| {
-        metrics::counter!(m::UNAUTHENTICATED).increment(1);
-        ApiError(ServiceError::Unauthenticated(why.to_string()))
-    })?;
-    let engine = state.engine().map_err(ApiError)?;
+) -> Result<(String, Input, bool), ServiceError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (id, input, want) = if content_type.starts_with("application/json") {
+    if content_type.starts_with("application/json") {
         let j: ClassifyJson = serde_json::from_slice(&body).map_err(|e| {
-            ApiError(ServiceError::BadRequest(format!(
+            ServiceError::BadRequest(format!(
                 "the JSON body is not a classify request ({e}); expected {{\"image\": base64}} or {{\"mnist\": base64}} or {{\"pixels\": {{\"width\", \"height\", \"data\": base64}}}}"
-            )))
+            ))
         })?;
-        input_from_json(j).map_err(ApiError)?
+        input_from_json(j)
     } else {
-        // Any other body is the encoded image itself (curl --data-binary @digit.png).
-        (
-            q.id.unwrap_or_default(),
-            Input::Image(body.to_vec()),
-            q.preprocessed,
-        )
-    };
-    let deadline = Instant::now() + state.request_timeout;
-    let c = engine
-        .classify(input, Some(deadline), Traffic::Interactive, want)
-        .await
-        .map_err(ApiError)?;
+        Ok((q.id.unwrap_or_default(), Input::Image(body), q.preprocessed))
+    }
+}
+
+fn to_json(id: String, c: Classification) -> serde_json::Value {
     let us = |d: std::time::Duration| d.as_micros() as u64;
-    Ok(serde_json::json!({
+    serde_json::json!({
         "id": id,
         "digit": c.digit,
         "confidence": c.confidence,
@@ -185,7 +160,7 @@ async fn classify_inner(
             "total_us": us(c.timings.total),
         },
         "preprocessed": c.preprocessed.map(|p| B64.encode(p)),
-    }))
+    })
 }
 
 async fn model(State(state): State<Arc<ServerState>>) -> Response {
@@ -207,14 +182,17 @@ async fn model(State(state): State<Arc<ServerState>>) -> Response {
     }
 }
 
-/// The page and the JSON API.
+/// The page and the JSON API. Classification takes the same bearer token as
+/// gRPC, through the same layer; the page, the model description and the
+/// health check stay open.
 pub fn router(state: Arc<ServerState>, max_body: usize) -> Router {
+    let auth = RequireToken::new(state.auth.clone());
     Router::new()
         .route(
             "/",
             get(|| async { ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)) }),
         )
-        .route("/v1/classify", post(classify))
+        .route("/v1/classify", post(classify).route_layer(auth))
         .route("/v1/model", get(model))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,25 +1,21 @@
-//! mnister: a gRPC service that reads handwritten digits, and the trainer
-//! that makes its model.
+//! mnister's server: the transports over the core.
 //!
-//! Layers, from the wire inwards: `service` (gRPC) → `engine` (admission,
-//! preprocessing, results) → `batcher` (queue and batch workers) →
-//! `backend` (ONNX Runtime behind a trait).
+//! `grpc` (DigitClassifier, KServe v2, Admin) and `http` (the drawing page
+//! and the JSON API) are thin layers; each request goes through
+//! `frontend::ServerState::call` into `mnister_core::engine`. `error` is the
+//! one place where core errors become a gRPC status and an HTTP status, and
+//! `auth` the one bearer-token check both protocols use. `server` wires the
+//! listeners, health, reflection, `/metrics` and graceful shutdown.
 
 pub mod auth;
-pub mod backend;
-pub mod batcher;
-pub mod cli;
 pub mod config;
-pub mod engine;
+pub mod error;
+pub mod frontend;
+pub mod grpc;
 pub mod http;
-pub mod idx;
 pub mod metrics;
-pub mod onnx;
-pub mod preprocess;
 pub mod proto;
 pub mod reload;
 pub mod server;
-pub mod service;
 
-#[cfg(feature = "train")]
-pub mod train;
+pub use mnister_core as core;

@@ -1,4 +1,5 @@
-//! Generated gRPC code for the public API.
+//! Generated gRPC code for the public API: messages, server stubs, and the
+//! client stubs the tests use.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -11,10 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
+use mnister_core::engine::{Engine, EngineConfig, EngineError};
+use mnister_core::metrics as m;
 
-use crate::engine::{Engine, EngineConfig};
-use crate::metrics as m;
-use crate::service::ServerState;
+use crate::frontend::ServerState;
+
+/// Why a reload left the previous model serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] EngineError),
+    #[error("the model loader panicked: {0}")]
+    Panicked(String),
+}
 
 /// What a successful reload swapped.
 #[derive(Debug, Clone)]
@@ -51,14 +60,18 @@ impl Reloader {
 
     /// Loads `path` (default: the configured model), validates it and swaps
     /// it in. `trigger` names the cause in logs.
-    pub async fn reload(&self, path: Option<PathBuf>, trigger: &str) -> Result<Swapped, String> {
+    pub async fn reload(
+        &self,
+        path: Option<PathBuf>,
+        trigger: &str,
+    ) -> Result<Swapped, ReloadError> {
         let _one_at_a_time = self.busy.lock().await;
         let path = path.unwrap_or_else(|| self.model.clone());
         let (cfg, lib, p) = (self.config.clone(), self.ort_lib.clone(), path.clone());
         let loaded = tokio::task::spawn_blocking(move || Engine::load(&p, lib.as_deref(), cfg))
             .await
-            .map_err(|e| format!("the model loader panicked: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(|e| ReloadError::Panicked(e.to_string()))
+            .and_then(|r| r.map_err(ReloadError::from));
         match loaded {
             Ok(engine) => {
                 let engine = Arc::new(engine);

@@ -7,108 +7,37 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::routing::get;
 use axum::serve::ListenerExt;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic_health::ServingStatus;
-
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tower::Layer;
 
-use crate::auth::TokenAuth;
-use crate::batcher::{BatcherConfig, QueuePolicy};
+use mnister_core::engine::Engine;
+
+use crate::auth::{RequireToken, TokenAuth};
 use crate::config::ServerArgs;
-use crate::engine::{Engine, EngineConfig};
-use crate::preprocess::Limits;
+use crate::frontend::ServerState;
+use crate::grpc::admin::AdminService;
+use crate::grpc::classifier::ClassifierService;
+use crate::grpc::kserve::KServeService;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::digit_classifier_server::DigitClassifierServer;
 use crate::reload::Reloader;
-use crate::service::ServerState;
-use crate::service::admin::AdminService;
-use crate::service::classifier::ClassifierService;
-use crate::service::kserve::KServeService;
 
 /// The gRPC service name health checks report on.
 pub const SERVICE_NAME: &str = "mnister.v1.DigitClassifier";
-
-pub fn engine_config(args: &ServerArgs) -> EngineConfig {
-    EngineConfig {
-        batcher: BatcherConfig {
-            max_batch_size: args.max_batch_size,
-            max_batch_delay: args.max_batch_delay,
-            max_queue: args.max_queue,
-            policy: args.queue_policy,
-        },
-        sessions: args.sessions,
-        intra_threads: args.intra_threads,
-        preprocess_threads: args.preprocess_threads,
-        limits: Limits {
-            max_image_bytes: args.max_image_bytes,
-            max_pixels: args.max_pixels,
-        },
-        low_confidence: args.low_confidence,
-        warmup_runs: args.warmup_runs,
-        golden_min_accuracy: (args.golden_min_accuracy > 0.0).then_some(args.golden_min_accuracy),
-    }
-}
-
-pub fn limits(args: &ServerArgs) -> pb::Limits {
-    pb::Limits {
-        max_batch_size: args.max_batch_size as u32,
-        max_queue: args.max_queue as u32,
-        max_image_bytes: args.max_image_bytes as u64,
-        max_pixels: args.max_pixels,
-        max_frames_in_flight_per_stream: args.max_frames_in_flight as u32,
-        max_message_bytes: args.max_message_bytes as u64,
-        default_timeout_ms: args.request_timeout.as_millis() as u64,
-        max_concurrent_streams_per_connection: args.max_concurrent_streams,
-        queue_policy: match args.queue_policy {
-            QueuePolicy::Priority => "priority",
-            QueuePolicy::Fifo => "fifo",
-        }
-        .into(),
-    }
-}
-
-async fn metrics_http(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    stop: impl Future<Output = ()> + Send + 'static,
-) {
-    let router = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener.tap_io(|s| set_nodelay(s)), router)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
-}
 
 /// Every accepted socket of every port gets TCP_NODELAY. Without it a small
 /// response waits for the client's delayed ACK (Nagle): a 40 ms tail that
 /// Python's grpcio saw and our own Rust client never did. tonic's
 /// `tcp_nodelay` only reaches listeners tonic binds itself, and axum sets
 /// nothing, so the option is set here, on the accept path, before TLS.
-fn set_nodelay(stream: &TcpStream) {
+pub(crate) fn set_nodelay(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
     }
@@ -152,9 +81,8 @@ pub async fn serve(
     process_start: Instant,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let handle =
-        crate::metrics::install(args.max_batch_size, args.max_queue).map_err(anyhow::Error::msg)?;
+    args.validate()?;
+    let handle = crate::metrics::install(args.max_batch_size, args.max_queue)?;
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let http_listener = bind(args.metrics_addr, "metrics").await?;
     let web_listener = bind(args.http_addr, "HTTP (page and JSON API)").await?;
@@ -163,16 +91,12 @@ pub async fn serve(
     let http_addr = web_listener.local_addr()?;
 
     let auth = match &args.auth_token_file {
-        Some(p) => TokenAuth::from_file(p).map_err(anyhow::Error::msg)?,
+        Some(p) => TokenAuth::from_file(p)?,
         None => TokenAuth::default(),
     };
     let tls = tls_config(&args)?;
-    let state = ServerState::new(
-        limits(&args),
-        args.request_timeout,
-        args.max_frames_in_flight,
-        auth.clone(),
-    );
+    let state = ServerState::new(args.limits(), auth.clone());
+    let require_token = RequireToken::new(auth);
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
         health
@@ -186,34 +110,29 @@ pub async fn serve(
         .context("building the reflection service")?;
     // The inference services sit behind the token check; health and
     // reflection do not.
-    let classifier = InterceptedService::new(
+    let classifier = require_token.layer(
         DigitClassifierServer::new(ClassifierService::new(state.clone()))
             .max_decoding_message_size(args.max_message_bytes)
             .max_encoding_message_size(args.max_message_bytes),
-        auth.clone(),
     );
-    let kserve = InterceptedService::new(
+    let kserve = require_token.layer(
         GrpcInferenceServiceServer::new(KServeService::new(
             state.clone(),
             args.kserve_model_name.clone(),
         ))
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes),
-        auth.clone(),
     );
 
     let reloader = Reloader::new(
         state.clone(),
-        engine_config(&args),
+        args.engine_config(),
         args.model.clone(),
         args.ort_lib.clone(),
     );
-    let admin = args.enable_admin_rpc.then(|| {
-        InterceptedService::new(
-            AdminServer::new(AdminService::new(reloader.clone())),
-            auth.clone(),
-        )
-    });
+    let admin = args
+        .enable_admin_rpc
+        .then(|| require_token.layer(AdminServer::new(AdminService::new(reloader.clone()))));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -230,7 +149,7 @@ pub async fn serve(
         builder
             .max_concurrent_streams(args.max_concurrent_streams)
             .layer(tower::util::MapResponseLayer::new(
-                crate::service::error::rewrite_too_large,
+                crate::error::rewrite_too_large,
             ))
             .add_service(health_service)
             .add_service(reflection)
@@ -249,7 +168,7 @@ pub async fn serve(
             }
         })
     };
-    let http_task = tokio::spawn(metrics_http(http_listener, handle, stopped()));
+    let http_task = tokio::spawn(crate::metrics::serve(http_listener, handle, stopped()));
     let web = crate::http::router(state.clone(), args.max_image_bytes / 3 * 4 + (64 << 10));
     let web_stop = stopped();
     let web_task = tokio::spawn(async move {
@@ -262,13 +181,13 @@ pub async fn serve(
     });
     tracing::info!(%grpc_addr, %http_addr, %metrics_addr, "listening; loading the model");
 
-    let cfg = engine_config(&args);
+    let cfg = args.engine_config();
     let (model_path, ort_lib) = (args.model.clone(), args.ort_lib.clone());
     let engine =
         tokio::task::spawn_blocking(move || Engine::load(&model_path, ort_lib.as_deref(), cfg))
             .await
             .context("the model loader panicked")??;
-    crate::metrics::set_model(None, engine.model_labels());
+    mnister_core::metrics::set_model(None, engine.model_labels());
     tracing::info!(
         model = %engine.model.path.display(),
         version = %engine.version,
@@ -334,7 +253,11 @@ pub async fn serve(
     upkeep.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http_task).await;
     let _ = tokio::time::timeout(args.shutdown_grace, web_task).await;
-    state.engine.store(None);
+    // Join the batch workers: once no request holds the engine, they finish
+    // what is queued and exit.
+    if let Some(engine) = state.engine.swap(None).and_then(Arc::into_inner) {
+        let _ = tokio::task::spawn_blocking(move || Engine::shutdown(engine)).await;
+    }
     Ok(())
 }
 

@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mnister::engine::preprocess_input;
-use mnister::preprocess::Limits;
+use mnister_core::engine::preprocess_input;
+use mnister_core::preprocess::Limits;
 use mnister::proto::v1::ClassifyRequest;
-use mnister::service::classifier::take_input;
+use mnister::grpc::classifier::take_input;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

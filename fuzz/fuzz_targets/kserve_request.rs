@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mnister::engine::preprocess_input;
-use mnister::preprocess::Limits;
+use mnister_core::engine::preprocess_input;
+use mnister_core::preprocess::Limits;
 use mnister::proto::inference::ModelInferRequest;
-use mnister::service::kserve::decode_inputs;
+use mnister::grpc::kserve::decode_inputs;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mnister::engine::{Input, preprocess_input};
-use mnister::preprocess::{Limits, PIXELS};
+use mnister_core::engine::{Input, preprocess_input};
+use mnister_core::preprocess::{Limits, PIXELS};
 
 #[derive(arbitrary::Arbitrary, Debug)]
 struct Raw {
@@ -21,7 +21,7 @@ fuzz_target!(|r: Raw| {
     let input = Input::Pixels {
         width: r.width % 4096,
         height: r.height % 4096,
-        data: r.data,
+        data: r.data.into(),
     };
     if let Ok(img) = preprocess_input(input, &limits) {
         assert_eq!(img.len(), PIXELS);

@@ -1,0 +1,578 @@
+//! The batch worker: one bounded queue in front of the ONNX Runtime sessions.
+//!
+//! Admission is a semaphore of `max_queue` permits, taken before
+//! preprocessing and released when the request is answered or dropped, so
+//! everything the server holds for requests is bounded by it. Unary calls
+//! take a permit or fail at once; streams wait for one.
+//!
+//! The queue has two lanes. A caller waiting on one answer (unary gRPC, the
+//! web page, KServe infer) goes ahead of bulk stream frames, which otherwise
+//! keep a deep queue in front of it. The priority is strict, so interactive
+//! load at full capacity holds bulk frames back until their deadline: the
+//! price of keeping interactive latency flat under a bulk job.
+//!
+//! Each session runs on its own OS thread, never on the async runtime. A
+//! worker takes whatever is waiting, up to `max_batch_size` (continuous
+//! batching); with a batch delay it waits that long for more. Requests whose
+//! deadline passed or whose caller went away are dropped before inference.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+use metrics::{counter, gauge, histogram};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::backend::{Backend, CLASSES};
+use crate::metrics as m;
+use crate::preprocess::{MnistImage, PIXELS};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub max_queue: usize,
+    pub policy: QueuePolicy,
+}
+
+/// How the two lanes share the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuePolicy {
+    /// Interactive calls first, in batches of their own; bulk frames when
+    /// no call is waiting.
+    Priority,
+    /// One line, first come first served, whatever the request.
+    Fifo,
+}
+
+impl QueuePolicy {
+    pub const ALL: [QueuePolicy; 2] = [QueuePolicy::Priority, QueuePolicy::Fifo];
+
+    /// The name flags and `GetModelInfo` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueuePolicy::Priority => "priority",
+            QueuePolicy::Fifo => "fifo",
+        }
+    }
+}
+
+impl std::str::FromStr for QueuePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown queue policy {s:?}; use priority or fifo"))
+    }
+}
+
+/// Which lane a request waits in, and how it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// A caller waiting on this answer: admitted at once or refused
+    /// (RESOURCE_EXHAUSTED), served before bulk frames.
+    Interactive,
+    /// Stream frames: wait for room (back-pressure), then for the sessions
+    /// to have no interactive call to run.
+    Bulk,
+}
+
+impl Traffic {
+    /// The `lane` label of `mnister_queue_depth`.
+    pub fn lane(self) -> &'static str {
+        match self {
+            Traffic::Interactive => "single",
+            Traffic::Bulk => "stream",
+        }
+    }
+}
+
+/// Adds `delta` to a lane's queue-depth gauge. Increments and decrements,
+/// never `set`: the submitting thread and the workers both change the depth,
+/// and a `set` from one would overwrite the other's newer value.
+fn queue_gauge(traffic: Traffic, delta: f64) {
+    let g = gauge!(m::QUEUE_DEPTH, "lane" => traffic.lane());
+    if delta >= 0.0 {
+        g.increment(delta);
+    } else {
+        g.decrement(-delta);
+    }
+}
+
+/// What the model said about one image.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    pub probabilities: [f32; CLASSES],
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    #[error("deadline exceeded after {waited_ms} ms in the queue")]
+    DeadlineExceeded { waited_ms: u64 },
+    #[error("inference failed: {0}")]
+    Backend(String),
+}
+
+/// One queued request. Holding the admission permit here means a request
+/// counts against `max_queue` until it is answered or dropped, even if its
+/// caller has already gone.
+pub struct Job {
+    pub image: Box<MnistImage>,
+    pub deadline: Option<Instant>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Inference, BatchError>>,
+    pub permit: OwnedSemaphorePermit,
+    pub traffic: Traffic,
+}
+
+/// Both lanes' senders; dropped together, which is how workers learn to stop.
+struct Lanes {
+    interactive: Sender<Job>,
+    bulk: Sender<Job>,
+}
+
+pub struct Batcher {
+    tx: Option<Lanes>,
+    admission: Arc<Semaphore>,
+    depth: Arc<AtomicUsize>,
+    workers: Vec<JoinHandle<()>>,
+    policy: QueuePolicy,
+}
+
+impl Batcher {
+    /// Starts one worker thread per backend.
+    pub fn start(backends: Vec<Box<dyn Backend>>, config: BatcherConfig) -> Self {
+        // Each lane can hold every permit, so a send never blocks.
+        let (interactive, interactive_rx) = crossbeam_channel::bounded(config.max_queue);
+        let (bulk, bulk_rx) = crossbeam_channel::bounded(config.max_queue);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let workers = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let queue = Queue {
+                    interactive: interactive_rx.clone(),
+                    bulk: bulk_rx.clone(),
+                };
+                let depth = depth.clone();
+                std::thread::Builder::new()
+                    .name(format!("mnister-batch-{i}"))
+                    .spawn(move || worker(backend, queue, depth, config))
+                    .expect("spawning a batch worker thread")
+            })
+            .collect();
+        Batcher {
+            tx: Some(Lanes { interactive, bulk }),
+            admission: Arc::new(Semaphore::new(config.max_queue)),
+            depth,
+            workers,
+            policy: config.policy,
+        }
+    }
+
+    /// `n` permits for a unary call, or None when the queue lacks room.
+    pub fn try_admit(&self, n: u32) -> Option<OwnedSemaphorePermit> {
+        self.admission.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Waits for `n` permits (streams: back-pressure instead of errors).
+    pub async fn admit(&self, n: u32) -> OwnedSemaphorePermit {
+        self.admission
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the admission semaphore is never closed")
+    }
+
+    /// A permit for nothing, to take the place of one moved out.
+    pub fn empty_permit(&self) -> OwnedSemaphorePermit {
+        self.admission
+            .clone()
+            .try_acquire_many_owned(0)
+            .expect("zero permits are always available")
+    }
+
+    /// Queues an admitted job in its lane; never blocks, because each lane
+    /// has room for every permit.
+    pub fn submit(&self, job: Job) {
+        let lanes = self.tx.as_ref().expect("batcher is running");
+        let tx = match (job.traffic, self.policy) {
+            (Traffic::Bulk, QueuePolicy::Priority) => &lanes.bulk,
+            _ => &lanes.interactive,
+        };
+        let traffic = job.traffic;
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        queue_gauge(traffic, 1.0);
+        if let Err(e) = tx.try_send(job) {
+            // Only reachable if the workers are gone; answer instead of hanging.
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            queue_gauge(traffic, -1.0);
+            let job = e.into_inner();
+            let _ = job.reply.send(Err(BatchError::Backend(
+                "the batch workers have stopped".into(),
+            )));
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking work, lets the workers finish what is queued and joins them.
+    pub fn shutdown(mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.tx.take();
+    }
+}
+
+/// A worker's end of both lanes.
+struct Queue {
+    interactive: Receiver<Job>,
+    bulk: Receiver<Job>,
+}
+
+enum Next {
+    Job(Job),
+    /// Nothing came before the deadline.
+    TimedOut,
+    /// The batcher is shutting down and both lanes are empty.
+    Closed,
+}
+
+impl Queue {
+    /// The next job, interactive first; waits until `deadline` (forever
+    /// with None) when both lanes are empty. Without `bulk`, only the
+    /// interactive lane.
+    fn next(&self, deadline: Option<Instant>, bulk: bool) -> Next {
+        if !bulk {
+            return match self.interactive.try_recv() {
+                Ok(job) => Next::Job(job),
+                Err(TryRecvError::Disconnected) => Next::Closed,
+                Err(TryRecvError::Empty) => match deadline {
+                    None => self.interactive.recv().map_or(Next::Closed, Next::Job),
+                    Some(d) => match self.interactive.recv_deadline(d) {
+                        Ok(job) => Next::Job(job),
+                        Err(RecvTimeoutError::Timeout) => Next::TimedOut,
+                        Err(RecvTimeoutError::Disconnected) => Next::Closed,
+                    },
+                },
+            };
+        }
+        loop {
+            let a = match self.interactive.try_recv() {
+                Ok(job) => return Next::Job(job),
+                Err(e) => e,
+            };
+            let b = match self.bulk.try_recv() {
+                Ok(job) => return Next::Job(job),
+                Err(e) => e,
+            };
+            if a == TryRecvError::Disconnected && b == TryRecvError::Disconnected {
+                return Next::Closed;
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Next::TimedOut;
+            }
+            let mut sel = Select::new();
+            let i = sel.recv(&self.interactive);
+            sel.recv(&self.bulk);
+            let op = match deadline {
+                None => sel.select(),
+                Some(d) => match sel.select_deadline(d) {
+                    Ok(op) => op,
+                    Err(_) => return Next::TimedOut,
+                },
+            };
+            let got = if op.index() == i {
+                op.recv(&self.interactive)
+            } else {
+                op.recv(&self.bulk)
+            };
+            // A bulk job that won the race against an interactive one is
+            // still taken: it is one image, and the batch goes on to fill
+            // from the interactive lane first. A disconnect loops back to
+            // drain whatever the other lane still holds.
+            if let Ok(job) = got {
+                return Next::Job(job);
+            }
+        }
+    }
+}
+
+fn worker(
+    mut backend: Box<dyn Backend>,
+    queue: Queue,
+    depth: Arc<AtomicUsize>,
+    cfg: BatcherConfig,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_size);
+    let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch_size * PIXELS);
+    loop {
+        match queue.next(None, true) {
+            Next::Job(first) => batch.push(first),
+            Next::Closed => return,
+            Next::TimedOut => continue,
+        }
+        // A batch that starts with a single call takes no bulk frames: the
+        // cost per image is flat from batch 2 on for this model, so filling
+        // it would buy no throughput and make the caller wait for the
+        // frames' inference too.
+        let with_bulk = batch[0].traffic == Traffic::Bulk;
+        let until = Instant::now() + cfg.max_batch_delay;
+        while batch.len() < cfg.max_batch_size {
+            match queue.next(Some(until), with_bulk) {
+                Next::Job(job) => batch.push(job),
+                Next::TimedOut | Next::Closed => break,
+            }
+        }
+        depth.fetch_sub(batch.len(), Ordering::Relaxed);
+        let singles = batch
+            .iter()
+            .filter(|j| j.traffic == Traffic::Interactive)
+            .count();
+        for (traffic, n) in [
+            (Traffic::Interactive, singles),
+            (Traffic::Bulk, batch.len() - singles),
+        ] {
+            if n > 0 {
+                queue_gauge(traffic, -(n as f64));
+            }
+        }
+
+        // Drop what nobody waits for any more before it costs model time.
+        let now = Instant::now();
+        let mut i = 0;
+        while i < batch.len() {
+            let job = &batch[i];
+            if job.deadline.is_some_and(|d| d <= now) {
+                counter!(m::DROPPED, "reason" => "deadline_exceeded").increment(1);
+                let job = batch.swap_remove(i);
+                let waited_ms = now.saturating_duration_since(job.enqueued).as_millis() as u64;
+                let _ = job
+                    .reply
+                    .send(Err(BatchError::DeadlineExceeded { waited_ms }));
+            } else if job.reply.is_closed() {
+                counter!(m::DROPPED, "reason" => "cancelled").increment(1);
+                batch.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len();
+        input.clear();
+        for job in &batch {
+            input.extend_from_slice(&job.image[..]);
+        }
+        let started = Instant::now();
+        let result = backend.infer(&input, n);
+        let inference_time = started.elapsed();
+        histogram!(m::INFERENCE_DURATION).record(inference_time.as_secs_f64());
+        histogram!(m::BATCH_SIZE).record(n as f64);
+        match result {
+            Ok(probs) => {
+                for (job, row) in batch.drain(..).zip(probs.chunks_exact(CLASSES)) {
+                    let queue_time = started.saturating_duration_since(job.enqueued);
+                    histogram!(m::QUEUE_DURATION).record(queue_time.as_secs_f64());
+                    let mut p = [0f32; CLASSES];
+                    p.copy_from_slice(row);
+                    let _ = job.reply.send(Ok(Inference {
+                        probabilities: p,
+                        queue_time,
+                        inference_time,
+                        batch_size: n,
+                    }));
+                }
+            }
+            Err(e) => {
+                tracing::error!(batch = n, error = %e, "inference failed");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(BatchError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// Answers each image with its id (pixel 0) and records every batch's
+    /// ids; the first call waits for the test to open the gate, so the
+    /// test can fill the queue while the worker is busy.
+    struct GateBackend {
+        entered: mpsc::Sender<()>,
+        gate: Option<mpsc::Receiver<()>>,
+        batches: Arc<Mutex<Vec<Vec<usize>>>>,
+    }
+
+    impl Backend for GateBackend {
+        fn infer(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
+            if let Some(gate) = self.gate.take() {
+                let _ = self.entered.send(());
+                let _ = gate.recv();
+            }
+            let ids: Vec<usize> = input.chunks_exact(PIXELS).map(|p| p[0] as usize).collect();
+            self.batches.lock().unwrap().push(ids.clone());
+            let mut out = vec![0f32; n * CLASSES];
+            for (row, id) in out.chunks_exact_mut(CLASSES).zip(ids) {
+                row[0] = id as f32;
+            }
+            Ok(out)
+        }
+    }
+
+    fn submit(
+        b: &Batcher,
+        id: usize,
+        traffic: Traffic,
+    ) -> oneshot::Receiver<Result<Inference, BatchError>> {
+        let mut image = Box::new([0f32; PIXELS]);
+        image[0] = id as f32;
+        let (reply, rx) = oneshot::channel();
+        b.submit(Job {
+            image,
+            deadline: None,
+            enqueued: Instant::now(),
+            reply,
+            permit: b.try_admit(1).expect("room in the queue"),
+            traffic,
+        });
+        rx
+    }
+
+    /// The batches one worker runs when frame 0 keeps it busy while bulk
+    /// frames 1..=10 and then interactive calls 100 and 101 queue up.
+    fn batches_after_queueing(policy: QueuePolicy) -> Vec<Vec<usize>> {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = GateBackend {
+            entered: entered_tx,
+            gate: Some(gate),
+            batches: batches.clone(),
+        };
+        let b = Batcher::start(
+            vec![Box::new(backend)],
+            BatcherConfig {
+                max_batch_size: 4,
+                max_batch_delay: Duration::ZERO,
+                max_queue: 64,
+                policy,
+            },
+        );
+        let mut bulk = vec![submit(&b, 0, Traffic::Bulk)];
+        entered.recv().unwrap();
+        bulk.extend((1..=10).map(|id| submit(&b, id, Traffic::Bulk)));
+        let calls = [
+            submit(&b, 100, Traffic::Interactive),
+            submit(&b, 101, Traffic::Interactive),
+        ];
+        open.send(()).unwrap();
+        for rx in calls.into_iter().chain(bulk) {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        b.shutdown();
+        batches.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn interactive_requests_go_ahead_of_queued_bulk_frames() {
+        assert_eq!(
+            batches_after_queueing(QueuePolicy::Priority),
+            vec![
+                vec![0],
+                vec![100, 101],
+                vec![1, 2, 3, 4],
+                vec![5, 6, 7, 8],
+                vec![9, 10]
+            ],
+            "interactive calls first and on their own, then bulk in order"
+        );
+    }
+
+    #[test]
+    fn fifo_policy_serves_in_arrival_order() {
+        assert_eq!(
+            batches_after_queueing(QueuePolicy::Fifo),
+            vec![
+                vec![0],
+                vec![1, 2, 3, 4],
+                vec![5, 6, 7, 8],
+                vec![9, 10, 100, 101]
+            ],
+        );
+    }
+
+    #[test]
+    fn shutdown_answers_what_both_lanes_hold() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = GateBackend {
+            entered: entered_tx,
+            gate: Some(gate),
+            batches: batches.clone(),
+        };
+        let b = Batcher::start(
+            vec![Box::new(backend)],
+            BatcherConfig {
+                max_batch_size: 2,
+                max_batch_delay: Duration::from_millis(1),
+                max_queue: 64,
+                policy: QueuePolicy::Priority,
+            },
+        );
+        let first = submit(&b, 0, Traffic::Interactive);
+        entered.recv().unwrap();
+        let rest: Vec<_> = (1..=9)
+            .map(|id| {
+                submit(
+                    &b,
+                    id,
+                    if id % 2 == 0 {
+                        Traffic::Bulk
+                    } else {
+                        Traffic::Interactive
+                    },
+                )
+            })
+            .collect();
+        // Shutdown closes both lanes while the worker is still busy.
+        let stopper = std::thread::spawn(move || b.shutdown());
+        open.send(()).unwrap();
+        stopper.join().unwrap();
+        for (id, rx) in std::iter::once(first).chain(rest).enumerate() {
+            let answer = rx
+                .blocking_recv()
+                .expect("every queued job is answered")
+                .unwrap();
+            assert_eq!(answer.probabilities[0], id as f32);
+        }
+        assert_eq!(
+            batches.lock().unwrap().iter().map(Vec::len).sum::<usize>(),
+            10
+        );
+    }
+}

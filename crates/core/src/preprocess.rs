@@ -1,0 +1,566 @@
+//! The one preprocessing function. The trainer's canvas evaluation and the
+//! server both call it, so the image a model is judged on in the report is
+//! built exactly the way a served request is.
+//!
+//! Any image becomes a 28x28 MNIST-format tensor the way MNIST itself was
+//! made: ink bright on dark, cropped to the ink, the longer side scaled to
+//! 20 px with antialiasing, then placed so its centre of mass sits at the
+//! centre of the 28x28 field.
+
+use std::io::Cursor;
+
+use image::{ImageBuffer, ImageFormat, ImageReader, Luma, imageops};
+
+/// Side of the model's input image.
+pub const SIDE: usize = 28;
+/// Number of pixels in the model's input image.
+pub const PIXELS: usize = SIDE * SIDE;
+/// MNIST fits each digit's longer side into this many pixels.
+const BOX: f32 = 20.0;
+/// Ink below this fraction of full contrast does not count towards the
+/// bounding box, so paper grain and JPEG noise do not widen the crop.
+const BBOX_THRESHOLD: f32 = 0.25;
+/// Ink below this fraction is cleared to background.
+const NOISE_FLOOR: f32 = 0.10;
+/// Images whose ink and background differ by less than this (of 255) are
+/// treated as blank.
+const MIN_CONTRAST: f32 = 40.0;
+
+/// The encoded formats we decode; the `image` crate is built with only these.
+pub const ACCEPTED_FORMATS: &str = "PNG, JPEG, BMP, GIF, WebP or PNM (PBM/PGM/PPM/PAM)";
+
+/// A 28x28 image in MNIST form, values in [0, 1], row-major.
+pub type MnistImage = [f32; PIXELS];
+
+/// Bounds on what a caller may make the server decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_image_bytes: usize,
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_image_bytes: 8 << 20,
+            max_pixels: 16_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("image is empty (0 bytes); send the encoded bytes of a {ACCEPTED_FORMATS} file")]
+    EmptyImage,
+    #[error("image is {size} bytes, over the limit of {max} bytes")]
+    TooManyBytes { size: usize, max: usize },
+    #[error("image format not recognised; accepted formats: {ACCEPTED_FORMATS}")]
+    UnknownFormat,
+    #[error("image is {width}x{height} = {pixels} pixels, over the limit of {max} pixels")]
+    TooManyPixels {
+        width: u64,
+        height: u64,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("cannot decode the {format} image: {reason}")]
+    Decode { format: String, reason: String },
+    #[error("pixels must be at least 1x1, got {width}x{height}")]
+    ZeroSize { width: u64, height: u64 },
+    #[error(
+        "pixels: width x height is {width}x{height} = {expected} but data has {got} bytes; send one byte per pixel, row-major"
+    )]
+    PixelCountMismatch {
+        width: u64,
+        height: u64,
+        expected: u64,
+        got: usize,
+    },
+    #[error("mnist input must be exactly {PIXELS} values (28x28, one per pixel), got {got}")]
+    MnistSize { got: usize },
+    #[error(
+        "mnist floats must be exactly {} bytes (784 little-endian f32), got {got}",
+        PIXELS * 4
+    )]
+    MnistFloatBytes { got: usize },
+    #[error("pixel {index} is not a finite number; MNIST-form floats must be in [0, 1]")]
+    NotFinite { index: usize },
+    #[error(
+        "pixel {index} is {value}; MNIST-form floats must be in [0, 1] (0 = background, 1 = ink)"
+    )]
+    OutOfRange { index: usize, value: f32 },
+    #[error(
+        "image is blank: no ink stands out from the background (contrast {contrast} of 255, at least {MIN_CONTRAST} needed); send an image with a visible digit"
+    )]
+    Blank { contrast: u32 },
+}
+
+/// Scales an image that is already in MNIST form to the model's [0, 1] range.
+/// The trainer feeds MNIST through this, and the server's `mnist` input too.
+pub fn normalize_mnist(bytes: &[u8]) -> Result<MnistImage, PreprocessError> {
+    if bytes.len() != PIXELS {
+        return Err(PreprocessError::MnistSize { got: bytes.len() });
+    }
+    let mut out = [0f32; PIXELS];
+    for (o, &b) in out.iter_mut().zip(bytes) {
+        *o = f32::from(b) / 255.0;
+    }
+    Ok(out)
+}
+
+/// 784 floats already in MNIST form, checked to be finite.
+pub fn check_mnist_floats(values: &[f32]) -> Result<MnistImage, PreprocessError> {
+    if values.len() != PIXELS {
+        return Err(PreprocessError::MnistSize { got: values.len() });
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(PreprocessError::NotFinite { index: i });
+    }
+    // The model never saw anything outside [0, 1]; its answer there is noise.
+    if let Some(i) = values.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        return Err(PreprocessError::OutOfRange {
+            index: i,
+            value: values[i],
+        });
+    }
+    let mut out = [0f32; PIXELS];
+    out.copy_from_slice(values);
+    Ok(out)
+}
+
+/// 784 little-endian f32 (4 bytes each) already in MNIST form, checked like
+/// `check_mnist_floats`; decoded straight from the request's buffer.
+pub fn mnist_floats_le(bytes: &[u8]) -> Result<MnistImage, PreprocessError> {
+    if bytes.len() != PIXELS * 4 {
+        return Err(PreprocessError::MnistFloatBytes { got: bytes.len() });
+    }
+    let mut out = [0f32; PIXELS];
+    for (i, (o, b)) in out.iter_mut().zip(bytes.chunks_exact(4)).enumerate() {
+        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if !v.is_finite() {
+            return Err(PreprocessError::NotFinite { index: i });
+        }
+        if !(0.0..=1.0).contains(&v) {
+            return Err(PreprocessError::OutOfRange { index: i, value: v });
+        }
+        *o = v;
+    }
+    Ok(out)
+}
+
+/// Encoded image bytes to MNIST form.
+pub fn preprocess_encoded(bytes: &[u8], limits: &Limits) -> Result<MnistImage, PreprocessError> {
+    let (w, h, gray) = decode_gray(bytes, limits)?;
+    preprocess_gray(w as usize, h as usize, &gray)
+}
+
+/// Raw 8-bit grayscale pixels (either polarity) to MNIST form.
+pub fn preprocess_pixels(
+    width: u64,
+    height: u64,
+    data: &[u8],
+    limits: &Limits,
+) -> Result<MnistImage, PreprocessError> {
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::ZeroSize { width, height });
+    }
+    let pixels = width.saturating_mul(height);
+    if pixels > limits.max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    if pixels != data.len() as u64 {
+        return Err(PreprocessError::PixelCountMismatch {
+            width,
+            height,
+            expected: pixels,
+            got: data.len(),
+        });
+    }
+    preprocess_gray(width as usize, height as usize, data)
+}
+
+fn format_name(f: ImageFormat) -> Option<&'static str> {
+    Some(match f {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Pnm => "PNM",
+        _ => return None,
+    })
+}
+
+/// Decodes to 8-bit gray with alpha composited onto white. The size is read
+/// from the header and checked before any pixel is decoded, so a small file
+/// that claims a huge image costs nothing.
+pub fn decode_gray(bytes: &[u8], limits: &Limits) -> Result<(u32, u32, Vec<u8>), PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::EmptyImage);
+    }
+    if bytes.len() > limits.max_image_bytes {
+        return Err(PreprocessError::TooManyBytes {
+            size: bytes.len(),
+            max: limits.max_image_bytes,
+        });
+    }
+    let format = image::guess_format(bytes).map_err(|_| PreprocessError::UnknownFormat)?;
+    let name = format_name(format).ok_or(PreprocessError::UnknownFormat)?;
+    if format == ImageFormat::Jpeg {
+        // Photos: luma only, scaled down as far as the digit can afford.
+        return crate::jpeg::decode_jpeg_gray(bytes, crate::jpeg::MIN_SIDE, limits.max_pixels);
+    }
+    let decode_err = |e: image::ImageError| PreprocessError::Decode {
+        format: name.to_string(),
+        reason: e.to_string(),
+    };
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(decode_err)?;
+    let pixels = u64::from(w) * u64::from(h);
+    if w == 0 || h == 0 {
+        return Err(PreprocessError::ZeroSize {
+            width: w.into(),
+            height: h.into(),
+        });
+    }
+    if pixels > limits.max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width: w.into(),
+            height: h.into(),
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(w);
+    lim.max_image_height = Some(h);
+    // Room for the decoded image at up to 16 bytes per pixel (RGBA f32) plus
+    // decoder state; a lying header cannot make the decoder allocate more.
+    lim.max_alloc = Some(pixels * 16 + (16 << 20));
+    reader.limits(lim);
+    let img = reader.decode().map_err(decode_err)?;
+    let la = img.into_luma_alpha8();
+    let (w, h) = la.dimensions();
+    let gray = la
+        .pixels()
+        .map(|p| {
+            let [l, a] = p.0;
+            let a = u32::from(a);
+            ((u32::from(l) * a + 255 * (255 - a) + 127) / 255) as u8
+        })
+        .collect();
+    Ok((w, h, gray))
+}
+
+/// Steps 3-7 of the MNIST recipe on an 8-bit grayscale image of either
+/// polarity.
+pub fn preprocess_gray(w: usize, h: usize, gray: &[u8]) -> Result<MnistImage, PreprocessError> {
+    assert_eq!(gray.len(), w * h, "gray buffer must be w*h");
+
+    // Polarity: MNIST is bright ink on a dark background. The border is
+    // mostly background, so a bright border means dark ink on paper.
+    let border = border_pixels(w, h, gray);
+    let mean_border = border.iter().map(|&v| f32::from(v)).sum::<f32>() / border.len() as f32;
+    let invert = mean_border > 127.5;
+    let value = |v: u8| -> f32 {
+        if invert {
+            255.0 - f32::from(v)
+        } else {
+            f32::from(v)
+        }
+    };
+
+    // Background level from the border's median (robust to a stroke that
+    // touches the edge), ink level from the brightest pixel.
+    let mut b: Vec<f32> = border.iter().map(|&v| value(v)).collect();
+    b.sort_by(f32::total_cmp);
+    let bg = b[b.len() / 2];
+    let hi = gray.iter().map(|&v| value(v)).fold(0.0f32, f32::max);
+    let contrast = hi - bg;
+    if contrast < MIN_CONTRAST {
+        return Err(PreprocessError::Blank {
+            contrast: contrast.max(0.0).round() as u32,
+        });
+    }
+    let norm = |v: u8| -> f32 {
+        let n = ((value(v) - bg) / contrast).clamp(0.0, 1.0);
+        if n < NOISE_FLOOR { 0.0 } else { n }
+    };
+
+    // Crop to the ink's bounding box.
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0usize, 0usize);
+    for y in 0..h {
+        let row = &gray[y * w..(y + 1) * w];
+        for (x, &v) in row.iter().enumerate() {
+            if norm(v) >= BBOX_THRESHOLD {
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+                y0 = y0.min(y);
+                y1 = y1.max(y);
+            }
+        }
+    }
+    debug_assert!(x0 <= x1 && y0 <= y1, "the brightest pixel is always ink");
+    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut crop = ImageBuffer::<Luma<f32>, Vec<f32>>::new(cw as u32, ch as u32);
+    for (x, y, p) in crop.enumerate_pixels_mut() {
+        p.0[0] = norm(gray[(y0 + y as usize) * w + x0 + x as usize]);
+    }
+
+    // Longer side to 20 px, aspect kept. The triangle filter widens its
+    // support when shrinking, which is the antialiasing MNIST had.
+    let scale = BOX / cw.max(ch) as f32;
+    let nw = ((cw as f32 * scale).round() as u32).clamp(1, BOX as u32);
+    let nh = ((ch as f32 * scale).round() as u32).clamp(1, BOX as u32);
+    let small = imageops::resize(&crop, nw, nh, imageops::FilterType::Triangle);
+
+    // Centre of mass to the centre of the 28x28 field.
+    let (mut mass, mut mx, mut my) = (0f32, 0f32, 0f32);
+    for (x, y, p) in small.enumerate_pixels() {
+        let v = p.0[0].clamp(0.0, 1.0);
+        mass += v;
+        mx += v * (x as f32 + 0.5);
+        my += v * (y as f32 + 0.5);
+    }
+    if mass <= 0.0 {
+        return Err(PreprocessError::Blank { contrast: 0 });
+    }
+    let half = SIDE as f32 / 2.0;
+    let ox = (half - mx / mass).round() as i64;
+    let oy = (half - my / mass).round() as i64;
+    let mut out = [0f32; PIXELS];
+    for (x, y, p) in small.enumerate_pixels() {
+        let tx = x as i64 + ox;
+        let ty = y as i64 + oy;
+        if (0..SIDE as i64).contains(&tx) && (0..SIDE as i64).contains(&ty) {
+            out[ty as usize * SIDE + tx as usize] = p.0[0].clamp(0.0, 1.0);
+        }
+    }
+    Ok(out)
+}
+
+/// The outer ring of the image, about 2% of the shorter side thick.
+fn border_pixels(w: usize, h: usize, gray: &[u8]) -> Vec<u8> {
+    let t = (w.min(h) / 50).max(1);
+    let mut out = Vec::with_capacity(2 * t * (w + h));
+    for y in 0..h {
+        let row = &gray[y * w..(y + 1) * w];
+        if y < t || y + t >= h {
+            out.extend_from_slice(row);
+        } else {
+            out.extend_from_slice(&row[..t.min(w)]);
+            out.extend_from_slice(&row[w.saturating_sub(t).max(t.min(w))..]);
+        }
+    }
+    out
+}
+
+/// MNIST form back to bytes, for showing callers what the model saw.
+pub fn to_bytes(img: &MnistImage) -> Vec<u8> {
+    img.iter().map(|&v| (v * 255.0).round() as u8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Rgba, RgbaImage};
+
+    /// A "1"-like vertical bar and a horizontal foot, drawn with `ink` on `bg`.
+    fn digit_canvas(w: u32, h: u32, ink: u8, bg: u8) -> GrayImage {
+        let mut img = GrayImage::from_pixel(w, h, Luma([bg]));
+        let (cx, t) = (w / 2, (w / 20).max(2));
+        for y in h / 5..h * 4 / 5 {
+            for x in cx - t..cx + t {
+                img.put_pixel(x, y, Luma([ink]));
+            }
+        }
+        for y in h * 4 / 5 - 2 * t..h * 4 / 5 {
+            for x in cx - 4 * t..cx + 4 * t {
+                img.put_pixel(x, y, Luma([ink]));
+            }
+        }
+        img
+    }
+
+    fn png(img: &GrayImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    fn bbox(img: &MnistImage) -> (usize, usize, usize, usize) {
+        let (mut x0, mut y0, mut x1, mut y1) = (SIDE, SIDE, 0, 0);
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                if img[y * SIDE + x] > 0.0 {
+                    x0 = x0.min(x);
+                    x1 = x1.max(x);
+                    y0 = y0.min(y);
+                    y1 = y1.max(y);
+                }
+            }
+        }
+        (x0, y0, x1, y1)
+    }
+
+    fn assert_mnist_like(img: &MnistImage) {
+        assert!(img.iter().all(|v| (0.0..=1.0).contains(v)));
+        let (x0, y0, x1, y1) = bbox(img);
+        let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+        // The longer side is 20 px and nothing was clipped off (a clipped
+        // digit's box would be shorter).
+        assert!(
+            bw.max(bh) >= 19 && bw.max(bh) <= 21,
+            "box {bw}x{bh} at {x0},{y0}"
+        );
+        let mass: f32 = img.iter().sum();
+        let cx: f32 = (0..PIXELS)
+            .map(|i| img[i] * ((i % SIDE) as f32 + 0.5))
+            .sum::<f32>()
+            / mass;
+        let cy: f32 = (0..PIXELS)
+            .map(|i| img[i] * ((i / SIDE) as f32 + 0.5))
+            .sum::<f32>()
+            / mass;
+        assert!(
+            (cx - 14.0).abs() <= 0.75 && (cy - 14.0).abs() <= 0.75,
+            "com {cx},{cy}"
+        );
+    }
+
+    #[test]
+    fn dark_ink_on_light_and_light_on_dark_give_the_same_result() {
+        let lim = Limits::default();
+        let a = preprocess_encoded(&png(&digit_canvas(200, 200, 20, 240)), &lim).unwrap();
+        let b = preprocess_encoded(&png(&digit_canvas(200, 200, 240, 20)), &lim).unwrap();
+        assert_mnist_like(&a);
+        let diff: f32 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "polarity changed the result by {diff}");
+    }
+
+    #[test]
+    fn digit_touching_the_edge() {
+        let mut img = GrayImage::from_pixel(100, 100, Luma([255]));
+        for y in 0..100 {
+            for x in 0..12 {
+                img.put_pixel(x, y, Luma([0]));
+            }
+        }
+        for x in 0..60 {
+            for y in 0..10 {
+                img.put_pixel(x, y, Luma([0]));
+            }
+        }
+        let out = preprocess_encoded(&png(&img), &Limits::default()).unwrap();
+        assert_mnist_like(&out);
+    }
+
+    #[test]
+    fn blank_images_are_an_error_not_a_prediction() {
+        for v in [0u8, 128, 255] {
+            let img = GrayImage::from_pixel(64, 64, Luma([v]));
+            let e = preprocess_encoded(&png(&img), &Limits::default()).unwrap_err();
+            assert!(matches!(e, PreprocessError::Blank { .. }), "{e}");
+            assert!(e.to_string().contains("blank"));
+        }
+    }
+
+    #[test]
+    fn one_by_one_image_is_blank() {
+        for v in [0u8, 255] {
+            let e = preprocess_pixels(1, 1, &[v], &Limits::default()).unwrap_err();
+            assert!(matches!(e, PreprocessError::Blank { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn large_canvas_4000x3000() {
+        let img = digit_canvas(4000, 3000, 0, 255);
+        let out = preprocess_pixels(4000, 3000, img.as_raw(), &Limits::default()).unwrap();
+        assert_mnist_like(&out);
+    }
+
+    #[test]
+    fn transparent_png_composites_onto_white() {
+        // Black strokes on a fully transparent background, as canvases export.
+        let mut img = RgbaImage::from_pixel(120, 120, Rgba([0, 0, 0, 0]));
+        for y in 20..100 {
+            for x in 55..65 {
+                img.put_pixel(x, y, Rgba([0, 0, 0, 255]));
+            }
+        }
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        let out = preprocess_encoded(&bytes, &Limits::default()).unwrap();
+        let (x0, y0, x1, y1) = bbox(&out);
+        assert_eq!(y1 - y0 + 1, 20);
+        assert!(x1 - x0 < 4, "a thin bar stays thin: {x0}..{x1}");
+    }
+
+    #[test]
+    fn size_and_format_errors() {
+        let lim = Limits {
+            max_image_bytes: 100,
+            max_pixels: 1000,
+        };
+        assert_eq!(
+            preprocess_encoded(&[], &lim),
+            Err(PreprocessError::EmptyImage)
+        );
+        assert!(matches!(
+            preprocess_encoded(&[1u8; 101], &lim),
+            Err(PreprocessError::TooManyBytes { .. })
+        ));
+        assert_eq!(
+            preprocess_encoded(&[7u8; 50], &lim),
+            Err(PreprocessError::UnknownFormat)
+        );
+        assert!(matches!(
+            preprocess_pixels(10, 10, &[0; 99], &lim),
+            Err(PreprocessError::PixelCountMismatch { .. })
+        ));
+        assert!(matches!(
+            preprocess_pixels(100, 100, &[0; 10000], &lim),
+            Err(PreprocessError::TooManyPixels { .. })
+        ));
+        assert!(matches!(
+            normalize_mnist(&[0; 783]),
+            Err(PreprocessError::MnistSize { got: 783 })
+        ));
+        assert!(matches!(
+            mnist_floats_le(&[0; 783 * 4]),
+            Err(PreprocessError::MnistFloatBytes { got: 3132 })
+        ));
+        let mut le: Vec<u8> = (0..PIXELS)
+            .flat_map(|i| (i as f32 / PIXELS as f32).to_le_bytes())
+            .collect();
+        let img = mnist_floats_le(&le).unwrap();
+        assert_eq!(img[392], 0.5);
+        le[8..12].copy_from_slice(&1.5f32.to_le_bytes());
+        assert!(matches!(
+            mnist_floats_le(&le),
+            Err(PreprocessError::OutOfRange { index: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_png_is_a_decode_error() {
+        let bytes = png(&digit_canvas(64, 64, 0, 255));
+        let e = preprocess_encoded(&bytes[..bytes.len() / 2], &Limits::default()).unwrap_err();
+        assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+        assert!(e.to_string().contains("PNG"));
+    }
+}

@@ -1,0 +1,48 @@
+//! `mnister-train`: trains the digit model, exports ONNX, writes the report.
+//! `mnister-train quantize`: writes a calibrated int8 copy of an fp32 model.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use clap::Parser;
+use mnister_train::config::TrainArgs;
+use mnister_train::quantize::{self, QuantizeArgs};
+use mnister_train::run;
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if std::env::args().nth(1).as_deref() == Some("quantize") {
+        let args = QuantizeArgs::parse_from(
+            std::iter::once("mnister-train quantize".to_string()).chain(std::env::args().skip(2)),
+        );
+        let report = quantize::run(&args)?;
+        print!("{}", quantize::markdown(&report));
+        return Ok(());
+    }
+    let args = TrainArgs::parse();
+    args.validate().map_err(anyhow::Error::msg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping: the best model so far will be exported and evaluated (Ctrl-C again to abort)"
+            );
+        })?;
+    }
+    let report = run::run(&args, &stop)?;
+    print!("{}", run::summary(&report));
+    println!("report: {}", args.out.join("report.json").display());
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The trainer's flags. Every flag has an env var too, and every value ends
+//! up in the exported model's metadata.
+
+use std::path::PathBuf;
+
+use crate::augment::{AugmentConfig, Fill};
+use crate::model::Arch;
+
+#[derive(Debug, Clone, clap::Parser, serde::Serialize, serde::Deserialize)]
+#[command(
+    name = "mnister-train",
+    version,
+    about = "Trains mnister's digit model on MNIST, exports it to ONNX and writes an evaluation report"
+)]
+pub struct TrainArgs {
+    /// Folder with the MNIST IDX files (plain or .gz). Never downloaded.
+    #[arg(long, env = "MNIST_DIR", default_value = "data/mnist")]
+    pub data_dir: PathBuf,
+
+    /// Report and checkpoint folder.
+    #[arg(long, env = "MNISTER_TRAIN_OUT", default_value = "runs/latest")]
+    pub out: PathBuf,
+
+    /// Also copy the exported model here (e.g. models/mnist-cnn.onnx).
+    #[arg(long, env = "MNISTER_TRAIN_EXPORT")]
+    pub export: Option<PathBuf>,
+
+    /// Continue from the checkpoint in --out if there is one.
+    #[arg(long, env = "MNISTER_TRAIN_RESUME")]
+    pub resume: bool,
+
+    #[arg(long, env = "MNISTER_TRAIN_EPOCHS", default_value_t = 12)]
+    pub epochs: usize,
+
+    /// Stop cleanly after this many epochs in this invocation (the schedule
+    /// still spans --epochs); resume later with --resume. Splits a long run
+    /// into pieces that fit a working session.
+    #[arg(long, env = "MNISTER_TRAIN_STOP_AFTER")]
+    pub stop_after: Option<usize>,
+
+    #[arg(long, env = "MNISTER_TRAIN_BATCH_SIZE", default_value_t = 128)]
+    pub batch_size: usize,
+
+    /// Peak learning rate of the one-cycle schedule (Adam).
+    #[arg(long, env = "MNISTER_TRAIN_LR", default_value_t = 3e-3)]
+    pub lr: f64,
+
+    /// Fraction of the steps spent warming the learning rate up.
+    #[arg(long, env = "MNISTER_TRAIN_WARMUP", default_value_t = 0.25)]
+    pub warmup: f64,
+
+    /// Decoupled (AdamW-style) weight decay; 0 turns it off.
+    #[arg(long, env = "MNISTER_TRAIN_WEIGHT_DECAY", default_value_t = 0.0)]
+    pub weight_decay: f32,
+
+    /// Label smoothing for the cross-entropy loss; 0 turns it off.
+    #[arg(long, env = "MNISTER_TRAIN_LABEL_SMOOTHING", default_value_t = 0.0)]
+    pub label_smoothing: f32,
+
+    #[arg(long, value_enum, env = "MNISTER_TRAIN_ARCH", default_value_t = Arch::Reference)]
+    pub arch: Arch,
+
+    /// Dropout after each pooling stage.
+    #[arg(long, env = "MNISTER_TRAIN_DROPOUT", default_value_t = 0.25)]
+    pub dropout: f64,
+
+    #[arg(long, env = "MNISTER_TRAIN_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Validation images held out of MNIST's 60,000 training images.
+    #[arg(long, env = "MNISTER_TRAIN_VAL_SIZE", default_value_t = 12_000)]
+    pub val_size: usize,
+
+    /// Train on a stratified subset of this many images (smoke runs).
+    #[arg(long, env = "MNISTER_TRAIN_LIMIT")]
+    pub train_limit: Option<usize>,
+
+    /// Validate on a stratified subset of this many images.
+    #[arg(long, env = "MNISTER_VAL_LIMIT")]
+    pub val_limit: Option<usize>,
+
+    /// Evaluate on the first this many test images (smoke runs).
+    #[arg(long, env = "MNISTER_TEST_LIMIT")]
+    pub test_limit: Option<usize>,
+
+    /// Stop after this many epochs without a better validation accuracy; 0 never stops early.
+    #[arg(long, env = "MNISTER_TRAIN_PATIENCE", default_value_t = 0)]
+    pub patience: usize,
+
+    /// Train without augmentation (the baseline).
+    #[arg(long, env = "MNISTER_TRAIN_NO_AUGMENT")]
+    pub no_augment: bool,
+
+    /// Rotation range, ± degrees.
+    #[arg(long, env = "MNISTER_AUG_ROTATION", default_value_t = 50.0)]
+    pub rotation: f32,
+
+    /// Horizontal shift range, ± fraction of the width.
+    #[arg(long, env = "MNISTER_AUG_WIDTH_SHIFT", default_value_t = 0.3)]
+    pub width_shift: f32,
+
+    /// Vertical shift range, ± fraction of the height.
+    #[arg(long, env = "MNISTER_AUG_HEIGHT_SHIFT", default_value_t = 0.2)]
+    pub height_shift: f32,
+
+    /// Smallest zoom factor (above 1 shrinks the digit, as in Keras).
+    #[arg(long, env = "MNISTER_AUG_ZOOM_MIN", default_value_t = 1.0)]
+    pub zoom_min: f32,
+
+    /// Largest zoom factor.
+    #[arg(long, env = "MNISTER_AUG_ZOOM_MAX", default_value_t = 1.5)]
+    pub zoom_max: f32,
+
+    /// What augmentation samples outside the image.
+    #[arg(long, value_enum, env = "MNISTER_AUG_FILL", default_value_t = Fill::Nearest)]
+    pub fill: Fill,
+
+    /// Fraction of each batch that is augmented; the rest is seen as is.
+    #[arg(long, env = "MNISTER_AUG_PROB", default_value_t = 1.0)]
+    pub augment_prob: f32,
+
+    /// Ramp the augmentation strength up linearly over this many first epochs.
+    #[arg(long, env = "MNISTER_AUG_WARMUP_EPOCHS", default_value_t = 0)]
+    pub augment_warmup_epochs: usize,
+
+    /// Use --augment-final-strength for this many last epochs.
+    #[arg(long, env = "MNISTER_AUG_FINAL_EPOCHS", default_value_t = 0)]
+    pub augment_final_epochs: usize,
+
+    /// Augmentation strength (scales every range) for the last epochs.
+    #[arg(long, env = "MNISTER_AUG_FINAL_STRENGTH", default_value_t = 0.5)]
+    pub augment_final_strength: f32,
+
+    /// Images drawn per class in augmentation.png.
+    #[arg(long, env = "MNISTER_AUG_PREVIEW", default_value_t = 8)]
+    pub augment_preview: usize,
+
+    /// ONNX Runtime library used to evaluate the exported model.
+    #[arg(long, env = "MNISTER_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Also write a calibrated int8 copy (`model.int8.onnx`, and beside
+    /// --export) and the fp32/int8 comparison (int8-report.md); the same as
+    /// running `mnister-train quantize` on the exported model.
+    #[arg(long, env = "MNISTER_TRAIN_INT8")]
+    #[serde(default)]
+    pub int8: bool,
+}
+
+impl TrainArgs {
+    pub fn augment(&self) -> Option<AugmentConfig> {
+        (!self.no_augment).then_some(AugmentConfig {
+            rotation_deg: self.rotation,
+            width_shift: self.width_shift,
+            height_shift: self.height_shift,
+            zoom_min: self.zoom_min,
+            zoom_max: self.zoom_max,
+            fill: self.fill,
+        })
+    }
+
+    /// Augmentation strength for a 0-based epoch.
+    pub fn augment_strength(&self, epoch: usize) -> f32 {
+        if self.no_augment {
+            return 0.0;
+        }
+        if self.augment_final_epochs > 0 && epoch + self.augment_final_epochs >= self.epochs {
+            return self.augment_final_strength;
+        }
+        if epoch < self.augment_warmup_epochs {
+            return (epoch + 1) as f32 / self.augment_warmup_epochs as f32;
+        }
+        1.0
+    }
+
+    /// Checks the flags against each other before any work starts.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.epochs == 0 {
+            problems.push("--epochs must be at least 1".to_string());
+        }
+        if self.batch_size == 0 {
+            problems.push("--batch-size must be at least 1".to_string());
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            problems.push(format!("--lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            problems.push(format!("--warmup must be in [0, 1), got {}", self.warmup));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            problems.push(format!("--dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            problems.push(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.augment_prob) {
+            problems.push(format!(
+                "--augment-prob must be in [0, 1], got {}",
+                self.augment_prob
+            ));
+        }
+        if !(0.0..=180.0).contains(&self.rotation) {
+            problems.push(format!(
+                "--rotation must be in [0, 180] degrees, got {}",
+                self.rotation
+            ));
+        }
+        if !(0.0..1.0).contains(&self.width_shift) || !(0.0..1.0).contains(&self.height_shift) {
+            problems
+                .push("--width-shift and --height-shift must be fractions in [0, 1)".to_string());
+        }
+        if !(self.zoom_min > 0.0 && self.zoom_min <= self.zoom_max) {
+            problems.push(format!(
+                "--zoom-min must be positive and at most --zoom-max, got {}..{}",
+                self.zoom_min, self.zoom_max
+            ));
+        }
+        if self.val_size == 0 || self.val_size >= 60_000 {
+            problems.push(format!(
+                "--val-size must be in 1..60000, got {}",
+                self.val_size
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The trainer from start to finish: data, split, fit, export, evaluation
+//! through ONNX Runtime, report. The binary is a thin wrapper over `run`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sha2::{Digest, Sha256};
+
+use crate::augment::AugmentConfig;
+use crate::config::TrainArgs;
+use crate::evaluate::{self, Parity, RobustnessTable, TestMetrics};
+use crate::fit::{self, EpochStats};
+use crate::robustness::{self, RobustnessRow, Variant};
+use crate::{data, export, model::Cnn, report};
+use mnister_core::backend::Backend;
+use mnister_core::backend::ort::{init_runtime, open_model};
+use mnister_core::idx::{Dataset, Split, load_mnist};
+use mnister_core::preprocess::MnistImage;
+
+/// Images compared between burn and ONNX Runtime (the bar asks for ≥ 1,000).
+const PARITY_IMAGES: usize = 2000;
+
+/// Everything report.json holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub model: String,
+    pub version: String,
+    pub architecture: String,
+    pub parameters: usize,
+    pub args: serde_json::Value,
+    pub git_commit: String,
+    /// The command line that produced this report.
+    pub command: String,
+    pub dataset: BTreeMap<String, String>,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub epochs_trained: usize,
+    pub best_epoch: Option<usize>,
+    pub interrupted: bool,
+    pub early_stopped: bool,
+    pub train_seconds: f64,
+    pub train_images_per_second: f64,
+    pub initial_val_loss: Option<f64>,
+    pub history: Vec<EpochStats>,
+    pub val_accuracy: f64,
+    pub test: TestMetrics,
+    pub robustness: Vec<RobustnessRow>,
+    pub parity: Parity,
+    pub onnx_sha256: String,
+    pub wall_seconds: f64,
+}
+
+/// The commit the binary was built from (and whether the tree was dirty).
+pub fn git_commit() -> String {
+    let at_run = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let built = env!("MNISTER_GIT_COMMIT");
+    match at_run {
+        Some(r) if r != built => format!("{built} (run in a checkout at {r})"),
+        _ => built.to_string(),
+    }
+}
+
+fn metadata(args: &TrainArgs, r: &Report) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("name".into(), "mnist-cnn".into());
+    m.insert("precision".into(), "fp32".into());
+    m.insert("architecture".into(), args.arch.name().into());
+    m.insert("parameters".into(), r.parameters.to_string());
+    m.insert(
+        "input".into(),
+        "image: float32 [N,1,28,28], MNIST form, 0..1".into(),
+    );
+    m.insert(
+        "output".into(),
+        "probabilities: float32 [N,10], softmax".into(),
+    );
+    m.insert("labels".into(), "0,1,2,3,4,5,6,7,8,9".into());
+    m.insert(
+        "trainer".into(),
+        format!("mnister-train {}", env!("CARGO_PKG_VERSION")),
+    );
+    m.insert("git_commit".into(), r.git_commit.clone());
+    m.insert("epochs_trained".into(), r.epochs_trained.to_string());
+    m.insert(
+        "best_epoch".into(),
+        r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+    );
+    m.insert("train_images".into(), r.train_images.to_string());
+    m.insert("val_images".into(), r.val_images.to_string());
+    m.insert("accuracy.val".into(), format!("{:.6}", r.val_accuracy));
+    m.insert("accuracy.test".into(), format!("{:.6}", r.test.accuracy));
+    m.insert("loss.test".into(), format!("{:.6}", r.test.loss));
+    for row in &r.robustness {
+        m.insert(
+            format!("accuracy.robustness.{}", row.variant),
+            format!("{:.6}", row.accuracy),
+        );
+    }
+    for (k, v) in &r.dataset {
+        m.insert(format!("dataset.{k}"), v.clone());
+    }
+    if let serde_json::Value::Object(flags) = &r.args {
+        for (k, v) in flags {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            m.insert(format!("train.{k}"), v);
+        }
+    }
+    m
+}
+
+fn dataset_checksums(train: &Dataset, test: &Dataset) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("train_images_sha256".into(), train.images_sha256.clone()),
+        ("train_labels_sha256".into(), train.labels_sha256.clone()),
+        ("test_images_sha256".into(), test.images_sha256.clone()),
+        ("test_labels_sha256".into(), test.labels_sha256.clone()),
+    ])
+}
+
+/// Draws augmentation.png from the first training image of each class.
+fn augmentation_preview(
+    args: &TrainArgs,
+    ds: &Dataset,
+    split: &data::Split,
+    path: &Path,
+) -> Result<()> {
+    let cfg = args.augment().unwrap_or(AugmentConfig::REFERENCE);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let rows: Vec<(MnistImage, Vec<MnistImage>)> = (0..10u8)
+        .filter_map(|d| split.train.iter().find(|&&i| ds.labels[i] == d))
+        .map(|&i| {
+            let img = data::image(ds, i);
+            let samples = (0..args.augment_preview)
+                .map(|_| cfg.sample(&mut rng, 1.0).warp(&img, cfg.fill))
+                .collect();
+            (img, samples)
+        })
+        .collect();
+    report::augmentation(path, &rows)
+}
+
+pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Fail before hours of training if the runtime the report needs is missing.
+    let env = init_runtime(args.ort_lib.as_deref())?;
+
+    let train = load_mnist(&args.data_dir, Split::Train)?;
+    let mut split = data::stratified_split(&train.labels, args.val_size, args.seed);
+    if let Some(n) = args.train_limit {
+        split.train = data::stratified_subset(&split.train, &train.labels, n, args.seed);
+    }
+    if let Some(n) = args.val_limit {
+        split.val = data::stratified_subset(&split.val, &train.labels, n, args.seed);
+    }
+    let probe = Cnn::new(args.arch, args.dropout, &fit::device());
+    let parameters = probe.inference_params();
+    eprintln!(
+        "{} network: {} parameters ({} trainable incl. batch norm); {} train / {} validation images; augmentation {}",
+        args.arch.name(),
+        parameters,
+        burn::module::Module::num_params(&probe),
+        split.train.len(),
+        split.val.len(),
+        if args.no_augment { "off" } else { "on" }
+    );
+    augmentation_preview(args, &train, &split, &args.out.join("augmentation.png"))?;
+
+    let outcome = fit::fit(args, &train, &split, stop)?;
+
+    // The test set is read only now, for the final evaluation.
+    let test = load_mnist(&args.data_dir, Split::Test)?;
+    let n_test = args.test_limit.unwrap_or(test.len()).min(test.len());
+    let test_images: Vec<MnistImage> = (0..n_test).map(|i| data::image(&test, i)).collect();
+    let test_labels = &test.labels[..n_test];
+
+    let mut report = Report {
+        model: "mnist-cnn".into(),
+        version: String::new(),
+        architecture: args.arch.name().into(),
+        parameters,
+        args: serde_json::to_value(args)?,
+        git_commit: git_commit(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        dataset: dataset_checksums(&train, &test),
+        train_images: split.train.len(),
+        val_images: split.val.len(),
+        epochs_trained: outcome.state.epochs_done,
+        best_epoch: outcome.state.best_epoch,
+        interrupted: outcome.interrupted,
+        early_stopped: outcome.early_stopped,
+        train_seconds: outcome.state.train_seconds,
+        train_images_per_second: {
+            let h = &outcome.state.history;
+            let secs: f64 = h.iter().map(|e| e.seconds).sum();
+            let imgs: f64 = h.iter().map(|e| e.images_per_second * e.seconds).sum();
+            if secs > 0.0 { imgs / secs } else { 0.0 }
+        },
+        initial_val_loss: outcome.state.initial_val_loss,
+        val_accuracy: outcome.state.best_val_accuracy,
+        history: outcome.state.history.clone(),
+        test: evaluate::test_metrics(&[], &[]),
+        robustness: Vec::new(),
+        parity: Parity {
+            images: 0,
+            max_abs_diff: 0.0,
+            argmax_agreement: 0.0,
+        },
+        onnx_sha256: String::new(),
+        wall_seconds: 0.0,
+    };
+
+    // Evaluate a first export (metadata without the test numbers), then
+    // write the final file with every number in its metadata. The weights,
+    // and so the predictions, are identical.
+    let onnx_path = args.out.join("model.onnx");
+    let bytes = export::to_bytes(&outcome.best, &metadata(args, &report));
+    let (_, mut backend) =
+        open_model(env, &onnx_path, bytes, 2).context("the exporter wrote an invalid model")?;
+    let probs = evaluate::predict(&mut backend, &test_images)?;
+    report.test = evaluate::test_metrics(&probs, test_labels);
+    let n_parity = PARITY_IMAGES.min(n_test);
+    report.parity = evaluate::parity(
+        &outcome.best,
+        &probs[..n_parity * 10],
+        &test_images[..n_parity],
+    );
+    report.robustness = robustness_table(&mut backend, &test_images, test_labels)?.rows;
+
+    let mut meta = metadata(args, &report);
+    let weights_hash = hex::encode(Sha256::digest(export::to_bytes(
+        &outcome.best,
+        &BTreeMap::new(),
+    )));
+    report.version = format!("{}-{}", args.arch.name(), &weights_hash[..10]);
+    meta.insert("version".into(), report.version.clone());
+    let bytes = export::to_bytes(&outcome.best, &meta);
+    report.onnx_sha256 = hex::encode(Sha256::digest(&bytes));
+    std::fs::write(&onnx_path, &bytes)
+        .with_context(|| format!("writing {}", onnx_path.display()))?;
+    if let Some(dest) = &args.export {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    if args.int8 {
+        let q = crate::quantize::QuantizeArgs {
+            model: onnx_path.clone(),
+            out: Some(args.out.join("model.int8.onnx")),
+            data_dir: args.data_dir.clone(),
+            calibration_images: 1000,
+            calibration: crate::quantize::CalibrationChoice::Auto,
+            percentiles: vec![99.99, 99.999],
+            seed: Some(args.seed),
+            val_size: Some(args.val_size),
+            test_limit: args.test_limit,
+            no_robustness: false,
+            report_dir: Some(args.out.clone()),
+            ort_lib: args.ort_lib.clone(),
+        };
+        crate::quantize::run(&q)?;
+        if let Some(dest) = &args.export {
+            std::fs::copy(q.out_path(), crate::quantize::int8_path(dest))?;
+        }
+    }
+
+    report::curves(&args.out.join("curves.png"), &report.history)?;
+    report::confusion(&args.out.join("confusion.png"), &report.test)?;
+    report::errors(
+        &args.out.join("errors.png"),
+        &report.test.errors,
+        &test_images,
+    )?;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("report.md"), markdown(&report))?;
+    Ok(report)
+}
+
+/// Scores every robustness variant through the backend.
+pub fn robustness_table(
+    backend: &mut dyn Backend,
+    images: &[MnistImage],
+    labels: &[u8],
+) -> Result<RobustnessTable> {
+    let mut rows = Vec::new();
+    for v in Variant::all() {
+        let transformed = robustness::transform(v, images);
+        let kept: Vec<(usize, MnistImage)> = transformed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .collect();
+        let imgs: Vec<MnistImage> = kept.iter().map(|k| k.1).collect();
+        let probs = evaluate::predict(backend, &imgs)?;
+        let right = probs
+            .chunks(10)
+            .zip(&kept)
+            .filter(|(p, (i, _))| fit::argmax(p) == labels[*i] as usize)
+            .count();
+        rows.push(RobustnessRow {
+            variant: v.name(),
+            accuracy: right as f64 / labels.len().max(1) as f64,
+            refused: labels.len() - kept.len(),
+        });
+    }
+    Ok(RobustnessTable { rows })
+}
+
+/// Human-readable summary printed at the end of a run.
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "model {} ({}), {} parameters",
+        r.version, r.architecture, r.parameters
+    );
+    let _ = writeln!(
+        s,
+        "trained {} epochs (best {:?}) on {} images in {:.0}s at {:.0} img/s{}",
+        r.epochs_trained,
+        r.best_epoch,
+        r.train_images,
+        r.train_seconds,
+        r.train_images_per_second,
+        if r.interrupted { ", interrupted" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "validation accuracy {:.4} ({} images)",
+        r.val_accuracy, r.val_images
+    );
+    let _ = writeln!(
+        s,
+        "TEST accuracy {:.4}  loss {:.4}  ({} images, {} errors)",
+        r.test.accuracy,
+        r.test.loss,
+        r.test.images,
+        r.test.errors.len()
+    );
+    let _ = writeln!(s, "per class   precision  recall");
+    for c in &r.test.per_class {
+        let _ = writeln!(
+            s,
+            "  {}         {:.4}     {:.4}",
+            c.digit, c.precision, c.recall
+        );
+    }
+    let _ = writeln!(s, "robustness (accuracy on transformed test images):");
+    for row in &r.robustness {
+        let _ = writeln!(s, "  {:<58} {:.4}", row.variant, row.accuracy);
+    }
+    let _ = writeln!(
+        s,
+        "parity burn vs ONNX Runtime on {} images: max |Δp| {:.2e}, argmax agreement {:.4}",
+        r.parity.images, r.parity.max_abs_diff, r.parity.argmax_agreement
+    );
+    s
+}
+
+/// The report as Markdown tables, for model cards and reviews.
+pub fn markdown(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let pct = |v: f64| format!("{:.2}%", v * 100.0);
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| model version | `{}` |", r.version);
+    let _ = writeln!(
+        s,
+        "| architecture | {} ({} parameters at inference) |",
+        r.architecture, r.parameters
+    );
+    let _ = writeln!(
+        s,
+        "| MNIST test accuracy | **{}** ({} images, {} errors) |",
+        pct(r.test.accuracy),
+        r.test.images,
+        r.test.errors.len()
+    );
+    let _ = writeln!(s, "| MNIST test loss | {:.4} |", r.test.loss);
+    let _ = writeln!(
+        s,
+        "| validation accuracy (best epoch {}) | {} ({} images) |",
+        r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+        pct(r.val_accuracy),
+        r.val_images
+    );
+    let _ = writeln!(
+        s,
+        "| epochs trained | {}{} |",
+        r.epochs_trained,
+        if r.interrupted { " (interrupted)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "| training time | {:.1} min at {:.0} img/s |",
+        r.train_seconds / 60.0,
+        r.train_images_per_second
+    );
+    let _ = writeln!(
+        s,
+        "| ORT vs burn parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
+        r.parity.max_abs_diff,
+        pct(r.parity.argmax_agreement),
+        r.parity.images
+    );
+    let _ = writeln!(s, "| ONNX sha256 | `{}` |", r.onnx_sha256);
+    let _ = writeln!(s, "| trainer commit | `{}` |", r.git_commit);
+    let _ = writeln!(s, "\nCommand: `{}`\n", r.command);
+    let _ = writeln!(
+        s,
+        "### Robustness (accuracy on transformed MNIST test images)\n\n| variant | accuracy |\n|---|---|"
+    );
+    for row in &r.robustness {
+        let _ = writeln!(s, "| {} | {} |", row.variant, pct(row.accuracy));
+    }
+    let _ = writeln!(
+        s,
+        "\n### Per class\n\n| digit | support | precision | recall |\n|---|---|---|---|"
+    );
+    for c in &r.test.per_class {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            c.digit,
+            c.support,
+            pct(c.precision),
+            pct(c.recall)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Epochs\n\n| epoch | aug strength | train loss | train acc | val loss | val acc | img/s | s |\n|---|---|---|---|---|---|---|---|"
+    );
+    for e in &r.history {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.4} | {} | {:.4} | {} | {:.0} | {:.0} |",
+            e.epoch,
+            e.augment_strength,
+            e.train_loss,
+            pct(e.train_accuracy),
+            e.val_loss,
+            pct(e.val_accuracy),
+            e.images_per_second,
+            e.seconds
+        );
+    }
+    s
+}
