@@ -3,12 +3,23 @@
 server (stream and unary) as a ratio to it, open-loop latency at 25/50/75%
 of the maximum, RSS under load, start-up time, and the flag sweeps.
 
-Usage: scripts/bench.py [--quick] [--out runs/bench]
---quick (about a minute) measures only the ratios, to catch regressions.
+It ends with "foreign clients": the same server measured through clients
+the project did not write (scripts/pyclient.py: Python grpcio's grpc.aio,
+on Classify and on KServe ModelInfer with tritonclient's stubs), as a ratio
+to the same raw limit, with the client's own CPU use. Its Python comes from
+.venv-bench, made from scripts/bench-requirements.txt on first use
+(MNISTER_BENCH_PYTHON names another interpreter instead).
+
+Usage: scripts/bench.py [--quick] [--foreign-only] [--no-build] [--out runs/bench]
+--quick (about a minute) measures only the ratios, to catch regressions,
+and the foreign clients at concurrency 16 only.
+--foreign-only measures the raw limit and then only the foreign clients
+(results go to results-foreign.json, not results.json).
+--no-build skips the cargo build and uses target/release as it is.
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as the bars in issue 4 ask.
 """
-import argparse, json, os, re, signal, socket, subprocess, sys, time
+import argparse, hashlib, json, os, re, signal, socket, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -66,6 +77,96 @@ def raw(batches, layouts, seconds):
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
+BENCH_VENV = os.path.join(ROOT, ".venv-bench")
+BENCH_REQS = [os.path.join(ROOT, "scripts", "bench-requirements.txt"),
+              os.path.join(ROOT, "tests", "kserve", "requirements.txt")]  # the first one includes the second
+
+
+def bench_python():
+    """The interpreter for scripts/pyclient.py: .venv-bench, (re)made whenever
+    the requirement files differ from the ones it was made from."""
+    if os.environ.get("MNISTER_BENCH_PYTHON"):
+        return os.environ["MNISTER_BENCH_PYTHON"]
+    py = os.path.join(BENCH_VENV, "bin", "python")
+    stamp = os.path.join(BENCH_VENV, "requirements.sha256")
+    want = hashlib.sha256(b"".join(open(f, "rb").read() for f in BENCH_REQS)).hexdigest()
+    have = open(stamp).read().strip() if os.path.exists(stamp) else None
+    if have != want or not os.path.exists(py):
+        print(f"making {BENCH_VENV} from scripts/bench-requirements.txt", file=sys.stderr)
+        sh([sys.executable, "-m", "venv", "--clear", BENCH_VENV])
+        sh([py, "-m", "pip", "install", "--quiet", "-r", BENCH_REQS[0]])
+        with open(stamp, "w") as f:
+            f.write(want + "\n")
+    return py
+
+
+def pyclient(py, server, rpc, concurrency, seconds, warmup):
+    cmd = [py, os.path.join(ROOT, "scripts", "pyclient.py"), "--addr", f"127.0.0.1:{server.grpc}", "--rpc", rpc,
+           "--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", str(warmup)]
+    try:
+        out = sh(cmd, timeout=seconds + warmup + 120)
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{e.stderr}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def foreign(quick, limit):
+    """Foreign clients (issue 18): a Python grpc.aio client, closed loop, N
+    calls in flight over one channel, on Classify and on KServe ModelInfer,
+    against one fresh server with the default flags."""
+    py = bench_python()
+    concurrencies = [16] if quick else [1, 16, 64]
+    seconds, warmup = (4, 1) if quick else (8, 2)
+    rpcs = [("classify", "Classify (mnist bytes)"), ("modelinfer", "KServe ModelInfer (UINT8 [1,28,28])")]
+    srv = Server([])
+    rows = []
+    try:
+        for rpc, label in rpcs:
+            for c in concurrencies:
+                r = pyclient(py, srv, rpc, c, seconds, warmup)
+                r["label"], r["ratio"] = label, r["throughput"] / limit
+                r["p99_over_p50"] = r["p99_ms"] / r["p50_ms"] if r["requests"] and r["p50_ms"] else None
+                rows.append(r)
+    finally:
+        srv.stop()
+    client = rows[0]["client"] if rows else "python grpcio"
+    print(f"\n## Foreign clients ({client}, one channel, closed loop; fresh server, default flags)\n")
+    print(f"Each row: {warmup} s warm-up, then {seconds} s measured; N calls in flight, each timed around its await. "
+          "Client CPU: the Python process's user+sys time / wall time (* = 0.9 cores or more: the client, "
+          "one event loop, is the bottleneck).\n")
+    print("| client · RPC | concurrency | req/s | ratio to raw limit | p50 ms | p99 ms | p99/p50 | client CPU cores | errors | right |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    f2 = lambda v: "–" if v is None else f"{v:.2f}"
+    for r in rows:
+        errs = sum(r["errors"].values())
+        errs_s = f"{errs} ({', '.join(f'{k} {v}' for k, v in sorted(r['errors'].items()))})" if errs else "0"
+        right = "–" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        cpu = f"{r['client_cpu_cores']:.2f}" + (" *" if r["client_cpu_cores"] >= 0.9 else "")
+        print(f"| Python grpc.aio · {r['label']} | {r['concurrency']} | {r['throughput']:,.0f} | {r['ratio']:.2f} | "
+              f"{f2(r['p50_ms'])} | {f2(r['p99_ms'])} | {f2(r['p99_over_p50'])} | {cpu} | {errs_s} | {right} |")
+
+    print("\nBars (issue 18):")
+    bars = []
+    for rpc, label in rpcs:
+        for c in (1, 16):
+            r = next((x for x in rows if x["rpc"] == rpc and x["concurrency"] == c), None)
+            if r is None:
+                continue
+            q = r["p99_over_p50"]
+            ok = q is not None and q <= 3 and not r["errors"]
+            bars.append({"bar": "p99 <= 3x p50", "rpc": rpc, "concurrency": c, "value": q, "pass": ok})
+            print(f"- {label}, concurrency {c}: p99/p50 = {f2(q)} (bar ≤ 3): {'PASS' if ok else 'MISS'}")
+        r = next((x for x in rows if x["rpc"] == rpc and x["concurrency"] == 16), None)
+        if r is not None:
+            ok = r["ratio"] >= 0.45 and not r["errors"]
+            bars.append({"bar": "throughput >= 0.45 of raw", "rpc": rpc, "concurrency": 16, "value": r["ratio"], "pass": ok})
+            print(f"- {label}, concurrency 16: {r['ratio']:.2f} of raw (bar ≥ 0.45): {'PASS' if ok else 'MISS'}")
+    bad = [r for r in rows if r["accuracy"] is not None and r["accuracy"] < 0.97]
+    for r in bad:
+        print(f"warning: {r['label']} c{r['concurrency']}: only {100 * r['accuracy']:.1f}% of answers match the labels")
+    return {"limit": limit, "seconds": seconds, "warmup": warmup, "rows": rows, "bars": bars}
+
+
 def row(name, r, limit):
     lat = r["latency"]
     errs = sum(r["errors"].values())
@@ -76,12 +177,16 @@ def row(name, r, limit):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--foreign-only", action="store_true", help="the raw limit and the foreign clients only")
+    ap.add_argument("--no-build", action="store_true", help="use target/release as it is, without cargo build")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
+    if not a.no_build:
+        sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine: {os.cpu_count()} cores, {cpu}; command: scripts/bench.py{' --quick' if a.quick else ''}")
+    flags = (" --quick" if a.quick else "") + (" --foreign-only" if a.foreign_only else "")
+    print(f"machine: {os.cpu_count()} cores, {cpu}; command: scripts/bench.py{flags}")
     results = {"machine": {"cores": os.cpu_count(), "cpu": cpu}}
 
     dur = "5s" if a.quick else "10s"
@@ -100,6 +205,20 @@ def main():
         print(f"| {lay} | " + " | ".join(f"{vals[b]:,.0f}" for b in batches) + " |")
     print(f"\nlimit = {limit:,.0f} img/s (best of the sweep)")
 
+    if not a.foreign_only:
+        own_client_sections(a, results, limit, dur)
+
+    results["foreign"] = foreign(a.quick, limit)
+
+    name = "results-foreign.json" if a.foreign_only else "results.json"
+    with open(os.path.join(a.out, name), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nresults: {os.path.join(a.out, name)}")
+
+
+def own_client_sections(a, results, limit, dur):
+    """The server through the project's own Rust client: default flags,
+    open-loop latency, flag sweeps, mixed load."""
     srv = Server([])
     results["startup_ms"] = srv.startup_ms
     print(f"\n## Server, default flags (start-up {srv.startup_ms} ms)\n")
@@ -192,10 +311,6 @@ def main():
             errs = sum(un["errors"].values()) + sum(st["errors"].values())
             print(f"| `{' '.join(flags)}` | {st['throughput']:,.0f} | {st['throughput'] / limit:.2f} | {l['p50_us'] / 1000:.2f} | "
                   f"{l['p99_us'] / 1000:.2f} | {l['max_us'] / 1000:.2f} | {errs} |")
-
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nresults: {os.path.join(a.out, 'results.json')}")
 
 
 if __name__ == "__main__":

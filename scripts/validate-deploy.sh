@@ -44,4 +44,23 @@ for k in ("base", "overlays/example"):
     for r in kz.get("resources", []) + [p["path"] for p in kz.get("patches", [])]:
         assert os.path.exists(os.path.join("deploy/k8s", k, r)), f"{k}/kustomization.yaml names missing {r}"
 print(f"dashboard: {len(dash['panels'])} panels with queries; PodMonitor and kustomizations consistent")
+
+# Every MNISTER_* variable the manifests set is one the server reads (a
+# renamed flag would otherwise be ignored silently), and the pod's grace
+# period covers preStop plus the server's own shutdown grace.
+import re
+known = set(re.findall(r'env = "(MNISTER_[A-Z0-9_]+)"', open("src/config.rs").read()))
+cm = yaml.safe_load(open("deploy/k8s/base/configmap.yaml"))["data"]
+spec = dep["spec"]["template"]["spec"]
+c0 = spec["containers"][0]
+used = set(cm) | {e["name"] for e in c0.get("env", [])}
+unknown = sorted(k for k in used if k.startswith("MNISTER_") and k not in known)
+assert not unknown, f"the manifests set variables the server does not read: {unknown}"
+secs = lambda v: float(v[:-1]) * 60 if v.endswith("m") else float(v.rstrip("s"))
+pre_stop = float(c0["lifecycle"]["preStop"]["exec"]["command"][-1])
+grace = secs(cm["MNISTER_SHUTDOWN_GRACE"])
+assert spec["terminationGracePeriodSeconds"] > pre_stop + grace, \
+    f"terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} <= preStop {pre_stop} + shutdown grace {grace}"
+assert "MNISTER_MAX_CONNECTION_AGE" in cm, "set the connection age: clients of the headless Service re-resolve only on GOAWAY"
+print(f"manifests: {len(used)} variables the server reads; grace {spec['terminationGracePeriodSeconds']} s > preStop {pre_stop:g} s + shutdown {grace:g} s")
 PY

@@ -151,9 +151,18 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
 
-    /// Predictions below this confidence count as low-confidence.
-    #[arg(long, env = "MNISTER_LOW_CONFIDENCE", default_value_t = 0.6)]
-    pub low_confidence: f32,
+    /// Answers below this confidence are marked `abstained` (digit and
+    /// probabilities still returned) unless a request sets its own
+    /// `min_confidence`; counted in mnister_abstained_total. The model card
+    /// lists thresholds with the accuracy they keep. (Was --low-confidence,
+    /// which only counted such answers; the old name still works.)
+    #[arg(
+        long,
+        alias = "low-confidence",
+        env = "MNISTER_MIN_CONFIDENCE",
+        default_value_t = 0.6
+    )]
+    pub min_confidence: f32,
 
     /// Warm-up batches of --max-batch-size run through each session before
     /// the server reports SERVING.
@@ -181,6 +190,30 @@ pub struct ServerArgs {
     /// Time in-flight work gets to finish after SIGTERM/SIGINT.
     #[arg(long, env = "MNISTER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
+
+    /// End each connection this long after it opened, ±10% (gRFC A9's
+    /// MAX_CONNECTION_AGE), with a graceful GOAWAY: clients reconnect and
+    /// re-resolve, so new replicas get traffic. 0 = never. The default, 5
+    /// minutes, lets a scale-up spread within minutes at the cost of one
+    /// reconnect per client every 5 minutes.
+    #[arg(long, env = "MNISTER_MAX_CONNECTION_AGE", default_value = "5m", value_parser = duration)]
+    pub max_connection_age: Duration,
+
+    /// After the age's GOAWAY, how long the connection's calls in flight
+    /// may still run before it is closed (MAX_CONNECTION_AGE_GRACE): long
+    /// enough for a bulk stream of about 100,000 frames.
+    #[arg(long, env = "MNISTER_MAX_CONNECTION_AGE_GRACE", default_value = "1m", value_parser = duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// End a connection with no call in flight for this long
+    /// (MAX_CONNECTION_IDLE), gracefully. 0 = never.
+    #[arg(long, env = "MNISTER_MAX_CONNECTION_IDLE", default_value = "10m", value_parser = duration)]
+    pub max_connection_idle: Duration,
+
+    /// Close a connection whose TLS handshake, HTTP/2 preface or first
+    /// HTTP/1 request has not arrived within this.
+    #[arg(long, env = "MNISTER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub handshake_timeout: Duration,
 }
 
 impl ServerArgs {
@@ -201,6 +234,15 @@ impl ServerArgs {
         }
         if self.intra_threads == 0 {
             p.push("--intra-threads must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            p.push("--handshake-timeout must be above 0 (e.g. 5s)".into());
+        }
+        if !self.max_connection_age.is_zero() && self.max_connection_age < Duration::from_secs(1) {
+            p.push(format!(
+                "--max-connection-age must be 0 (never) or at least 1s, got {:?}",
+                self.max_connection_age
+            ));
         }
         if self.preprocess_threads == 0 {
             p.push("--preprocess-threads must be at least 1".into());
@@ -223,10 +265,10 @@ impl ServerArgs {
                 self.golden_min_accuracy
             ));
         }
-        if !(0.0..=1.0).contains(&self.low_confidence) {
+        if !(0.0..=1.0).contains(&self.min_confidence) {
             p.push(format!(
-                "--low-confidence must be in [0, 1], got {}",
-                self.low_confidence
+                "--min-confidence must be in [0, 1], got {}",
+                self.min_confidence
             ));
         }
         if p.is_empty() {
@@ -252,7 +294,7 @@ impl ServerArgs {
                 max_image_bytes: self.max_image_bytes,
                 max_pixels: self.max_pixels,
             },
-            low_confidence: self.low_confidence,
+            min_confidence: self.min_confidence,
             warmup_runs: self.warmup_runs,
             golden_min_accuracy: (self.golden_min_accuracy > 0.0)
                 .then_some(self.golden_min_accuracy),
@@ -260,6 +302,18 @@ impl ServerArgs {
     }
 
     /// The limits the front ends enforce and report.
+    /// Every port's connection limits (`conn`).
+    pub fn connection_limits(&self) -> crate::conn::ConnectionLimits {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        crate::conn::ConnectionLimits {
+            max_age: nonzero(self.max_connection_age),
+            age_grace: self.max_connection_age_grace,
+            max_idle: nonzero(self.max_connection_idle),
+            handshake_timeout: self.handshake_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+
     pub fn limits(&self) -> ServerLimits {
         ServerLimits {
             max_batch_size: self.max_batch_size,
@@ -271,6 +325,8 @@ impl ServerArgs {
             request_timeout: self.request_timeout,
             max_concurrent_streams: self.max_concurrent_streams,
             queue_policy: self.queue_policy,
+            default_min_confidence: self.min_confidence,
+            connections: self.connection_limits(),
         }
     }
 }
@@ -301,12 +357,12 @@ mod tests {
     fn contradictions_are_all_reported() {
         let mut args = ServerArgs::parse_from(["mnister-server"]);
         args.max_batch_size = 0;
-        args.low_confidence = 2.0;
+        args.min_confidence = 2.0;
         let e = args.validate().unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
         assert!(
             e.to_string().contains("--max-batch-size")
-                && e.to_string().contains("--low-confidence")
+                && e.to_string().contains("--min-confidence")
         );
     }
 }

@@ -36,9 +36,9 @@ impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
             ServiceError::Classify(e) => match e {
-                ClassifyError::Preprocess(_) | ClassifyError::TooManyImages { .. } => {
-                    Code::InvalidArgument
-                }
+                ClassifyError::Preprocess(_)
+                | ClassifyError::TooManyImages { .. }
+                | ClassifyError::BadMinConfidence(_) => Code::InvalidArgument,
                 ClassifyError::QueueFull { .. } => Code::ResourceExhausted,
                 ClassifyError::DeadlineExceeded(_) => Code::DeadlineExceeded,
                 ClassifyError::ShuttingDown => Code::Unavailable,

@@ -35,6 +35,10 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub queue_policy: QueuePolicy,
+    /// The min_confidence of requests that set none.
+    pub default_min_confidence: f32,
+    /// Connection age, idle and handshake limits of every port.
+    pub connections: crate::conn::ConnectionLimits,
 }
 
 /// The state every front end shares: the engine (None until the model is

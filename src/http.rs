@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use mnister_core::engine::{Classification, Input, Traffic};
+use mnister_core::engine::{Classification, Input, Options, Traffic};
 
 use crate::auth::RequireToken;
 use crate::error::{ServiceError, code_label};
@@ -34,6 +34,9 @@ pub struct ClassifyJson {
     pub mnist: Option<String>,
     #[serde(default)]
     pub return_preprocessed: bool,
+    /// Mark the answer abstained below this confidence (default: the
+    /// server's --min-confidence).
+    pub min_confidence: Option<f32>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -51,6 +54,8 @@ pub struct ClassifyQuery {
     pub preprocessed: bool,
     #[serde(default)]
     pub id: Option<String>,
+    /// For raw image bodies: the request's min_confidence.
+    pub min_confidence: Option<f32>,
 }
 
 /// An error as JSON with the HTTP status that matches its gRPC code.
@@ -73,7 +78,15 @@ fn b64(field: &str, s: &str) -> Result<Bytes, ServiceError> {
         .map_err(|e| ServiceError::BadRequest(format!("{field} must be standard base64: {e}")))
 }
 
-fn input_from_json(j: ClassifyJson) -> Result<(String, Input, bool), ServiceError> {
+/// A classify request, whichever body it came in.
+struct Parsed {
+    id: String,
+    input: Input,
+    want_preprocessed: bool,
+    min_confidence: Option<f32>,
+}
+
+fn input_from_json(j: ClassifyJson) -> Result<Parsed, ServiceError> {
     let given = [j.image.is_some(), j.pixels.is_some(), j.mnist.is_some()]
         .iter()
         .filter(|v| **v)
@@ -96,7 +109,12 @@ fn input_from_json(j: ClassifyJson) -> Result<(String, Input, bool), ServiceErro
     } else {
         return Err(ServiceError::NoInput);
     };
-    Ok((j.id, input, j.return_preprocessed))
+    Ok(Parsed {
+        id: j.id,
+        input,
+        want_preprocessed: j.return_preprocessed,
+        min_confidence: j.min_confidence,
+    })
 }
 
 async fn classify(
@@ -108,11 +126,14 @@ async fn classify(
     let deadline = state.deadline(None);
     let result = state
         .call("HttpClassify", |engine| async move {
-            let (id, input, want) = parse_request(q, &headers, body)?;
-            let c = engine
-                .classify(input, Some(deadline), Traffic::Interactive, want)
-                .await?;
-            Ok(to_json(id, c))
+            let r = parse_request(q, &headers, body)?;
+            let opts = Options {
+                want_preprocessed: r.want_preprocessed,
+                min_confidence: r.min_confidence,
+                ..Options::new(deadline, Traffic::Interactive, "HttpClassify")
+            };
+            let c = engine.classify(r.input, opts).await?;
+            Ok(to_json(r.id, c))
         })
         .await;
     match result {
@@ -127,7 +148,7 @@ fn parse_request(
     q: ClassifyQuery,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<(String, Input, bool), ServiceError> {
+) -> Result<Parsed, ServiceError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -141,7 +162,12 @@ fn parse_request(
         })?;
         input_from_json(j)
     } else {
-        Ok((q.id.unwrap_or_default(), Input::Image(body), q.preprocessed))
+        Ok(Parsed {
+            id: q.id.unwrap_or_default(),
+            input: Input::Image(body),
+            want_preprocessed: q.preprocessed,
+            min_confidence: q.min_confidence,
+        })
     }
 }
 
@@ -151,6 +177,7 @@ fn to_json(id: String, c: Classification) -> serde_json::Value {
         "id": id,
         "digit": c.digit,
         "confidence": c.confidence,
+        "abstained": c.abstained,
         "probabilities": c.probabilities,
         "model_version": &*c.model_version,
         "timings": {
@@ -175,6 +202,7 @@ async fn model(State(state): State<Arc<ServerState>>) -> Response {
                 "accuracy": info.accuracy,
                 "max_image_bytes": state.limits.max_image_bytes,
                 "max_pixels": state.limits.max_pixels,
+                "default_min_confidence": state.limits.default_min_confidence,
             }))
             .into_response()
         }

@@ -1,13 +1,12 @@
 //! The Prometheus exporter: installs the recorder the core's metrics go to,
 //! and serves `/metrics`.
 
-use std::future::Future;
-
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use mnister_core::metrics::{self as m, BATCH_SIZE, LATENCY_BUCKETS, batch_buckets};
 use tokio::net::TcpListener;
+
+use crate::conn::{ConnectionLimits, Protocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -28,14 +27,29 @@ pub fn install(max_batch: usize, max_queue: usize) -> Result<PrometheusHandle, M
         .install_recorder()
         .map_err(MetricsError::Install)?;
     m::register(max_queue);
+    for port in ["grpc", "http", "metrics"] {
+        metrics::gauge!(CONNECTIONS_OPEN, "port" => port).set(0.0);
+        metrics::counter!(CONNECTIONS_ACCEPTED, "port" => port).absolute(0);
+        for reason in crate::conn::CLOSE_REASONS {
+            metrics::counter!(CONNECTIONS_CLOSED, "port" => port, "reason" => reason).absolute(0);
+        }
+    }
     Ok(handle)
 }
 
-/// Serves `/metrics` until `stop` resolves.
+/// Connections accepted, by port (`conn`).
+pub const CONNECTIONS_ACCEPTED: &str = "mnister_connections_accepted_total";
+/// Connections open now, by port (`conn`).
+pub const CONNECTIONS_OPEN: &str = "mnister_connections_open";
+/// Connections the server ended, by port and reason (`conn`).
+pub const CONNECTIONS_CLOSED: &str = "mnister_connections_closed_total";
+
+/// Serves `/metrics` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    stop: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let router = axum::Router::new().route(
         "/metrics",
@@ -52,10 +66,14 @@ pub async fn serve(
             }
         }),
     );
-    if let Err(e) = axum::serve(listener.tap_io(|s| crate::server::set_nodelay(s)), router)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
+    crate::conn::serve(
+        "metrics",
+        listener,
+        None,
+        Protocol::Auto,
+        limits,
+        router,
+        stop,
+    )
+    .await;
 }

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::Layer;
 
@@ -19,6 +17,7 @@ use mnister_core::engine::Engine;
 
 use crate::auth::{RequireToken, TokenAuth};
 use crate::config::ServerArgs;
+use crate::conn::{self, Protocol};
 use crate::frontend::ServerState;
 use crate::grpc::admin::AdminService;
 use crate::grpc::classifier::ClassifierService;
@@ -36,18 +35,12 @@ pub const SERVICE_NAME: &str = "mnister.v1.DigitClassifier";
 /// response waits for the client's delayed ACK (Nagle): a 40 ms tail that
 /// Python's grpcio saw and our own Rust client never did. tonic's
 /// `tcp_nodelay` only reaches listeners tonic binds itself, and axum sets
-/// nothing, so the option is set here, on the accept path, before TLS.
+/// nothing, so the option is set on our own accept path (`conn`), before
+/// TLS.
 pub(crate) fn set_nodelay(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
     }
-}
-
-/// The gRPC port's accepted connections, TCP_NODELAY set on each.
-fn grpc_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| accepted.inspect(set_nodelay))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -56,23 +49,55 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
-/// TLS for the gRPC port from --tls-cert/--tls-key (and --tls-client-ca for
-/// mutual TLS), or None.
-fn tls_config(args: &ServerArgs) -> Result<Option<ServerTlsConfig>> {
+/// The gRPC port's TLS (h2 by ALPN), with mutual TLS when a client CA is
+/// given; None without --tls-cert/--tls-key.
+fn tls_acceptor(args: &ServerArgs) -> Result<Option<TlsAcceptor>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
     let read = |p: &std::path::PathBuf, what: &str| {
         std::fs::read(p).with_context(|| format!("reading the TLS {what} {}", p.display()))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "certificate")?,
-        read(key, "key")?,
-    ));
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
-    }
-    Ok(Some(tls))
+    let pem_certs = |p: &std::path::PathBuf, what: &str| -> Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_slice_iter(&read(p, what)?)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("the TLS {what} {} is not PEM", p.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "the TLS {what} {} holds no certificate",
+            p.display()
+        );
+        Ok(certs)
+    };
+    let certs = pem_certs(cert, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key, "key")?)
+        .with_context(|| format!("the TLS key {} holds no PEM private key", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS")?;
+    let builder = match &args.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in pem_certs(ca, "client CA")? {
+                roots.add(c).context("adding the TLS client CA")?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .context("configuring mutual TLS")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Runs the server until `shutdown` resolves, then drains within the grace.
@@ -94,7 +119,7 @@ pub async fn serve(
         Some(p) => TokenAuth::from_file(p)?,
         None => TokenAuth::default(),
     };
-    let tls = tls_config(&args)?;
+    let tls = tls_acceptor(&args)?;
     let state = ServerState::new(args.limits(), auth.clone());
     let require_token = RequireToken::new(auth);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -135,29 +160,29 @@ pub async fn serve(
         .then(|| require_token.layer(AdminServer::new(AdminService::new(reloader.clone()))));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+    let conn_limits = args.connection_limits();
+    let routes = Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(classifier)
+        .add_service(kserve);
+    let routes = match admin {
+        Some(admin) => routes.add_service(admin),
+        None => routes,
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("configuring TLS")?;
-    }
-    let mut grpc_task = tokio::spawn(
-        builder
-            .max_concurrent_streams(args.max_concurrent_streams)
-            .layer(tower::util::MapResponseLayer::new(
-                crate::error::rewrite_too_large,
-            ))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(classifier)
-            .add_service(kserve)
-            .add_optional_service(admin)
-            .serve_with_incoming_shutdown(grpc_incoming(grpc_listener), stopped()),
-    );
+    let grpc = tower::ServiceBuilder::new()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::error::rewrite_too_large,
+        ))
+        .service(routes);
+    let mut grpc_task = tokio::spawn(conn::serve(
+        "grpc",
+        grpc_listener,
+        tls,
+        Protocol::Http2,
+        conn_limits,
+        grpc,
+        stop_rx.clone(),
+    ));
     let upkeep = {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -168,17 +193,22 @@ pub async fn serve(
             }
         })
     };
-    let http_task = tokio::spawn(crate::metrics::serve(http_listener, handle, stopped()));
+    let http_task = tokio::spawn(crate::metrics::serve(
+        http_listener,
+        handle,
+        conn_limits,
+        stop_rx.clone(),
+    ));
     let web = crate::http::router(state.clone(), args.max_image_bytes / 3 * 4 + (64 << 10));
-    let web_stop = stopped();
-    let web_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(web_listener.tap_io(|s| set_nodelay(s)), web)
-            .with_graceful_shutdown(web_stop)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let web_task = tokio::spawn(conn::serve(
+        "http",
+        web_listener,
+        None,
+        Protocol::Auto,
+        conn_limits,
+        web,
+        stop_rx.clone(),
+    ));
     tracing::info!(%grpc_addr, %http_addr, %metrics_addr, "listening; loading the model");
 
     let cfg = args.engine_config();
@@ -224,11 +254,10 @@ pub async fn serve(
         _ = shutdown => {}
         r = &mut grpc_task => {
             upkeep.abort();
-            return match r {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the gRPC server stopped unexpectedly")),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the gRPC server failed")),
-                Err(e) => Err(anyhow::Error::new(e).context("the gRPC server panicked")),
-            };
+            return Err(match r {
+                Ok(()) => anyhow::anyhow!("the gRPC server stopped unexpectedly"),
+                Err(e) => anyhow::Error::new(e).context("the gRPC server panicked"),
+            });
         }
     }
 

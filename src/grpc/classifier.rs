@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mnister_core::engine::{Classification, Engine, Input, Traffic};
+use mnister_core::engine::{Classification, Engine, Input, Options, Traffic};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::FrameStream;
@@ -53,6 +53,7 @@ pub fn to_response(id: String, c: Classification) -> pb::ClassifyResponse {
         }),
         preprocessed: c.preprocessed.unwrap_or_default().into(),
         error: None,
+        abstained: c.abstained,
     }
 }
 
@@ -61,11 +62,15 @@ async fn classify(
     mut req: pb::ClassifyRequest,
     deadline: Instant,
     traffic: Traffic,
+    rpc: &'static str,
 ) -> Result<pb::ClassifyResponse, ServiceError> {
     let input = take_input(&mut req)?;
-    let c = engine
-        .classify(input, Some(deadline), traffic, req.return_preprocessed)
-        .await?;
+    let opts = Options {
+        want_preprocessed: req.return_preprocessed,
+        min_confidence: req.min_confidence,
+        ..Options::new(deadline, traffic, rpc)
+    };
+    let c = engine.classify(input, opts).await?;
     Ok(to_response(req.id, c))
 }
 
@@ -82,7 +87,7 @@ impl DigitClassifier for ClassifierService {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         super::unary(&self.state, "Classify", request, |engine, req, deadline| {
-            classify(engine, req, deadline, Traffic::Interactive)
+            classify(engine, req, deadline, Traffic::Interactive, "Classify")
         })
         .await
     }
@@ -98,7 +103,9 @@ impl DigitClassifier for ClassifierService {
             &self.state,
             "ClassifyStream",
             request,
-            |engine, frame, deadline| classify(engine, frame, deadline, Traffic::Bulk),
+            |engine, frame, deadline| {
+                classify(engine, frame, deadline, Traffic::Bulk, "ClassifyStream")
+            },
             |result, meta| {
                 result.unwrap_or_else(|e| pb::ClassifyResponse {
                     id: meta.id,
@@ -140,7 +147,17 @@ pub fn limits(l: &ServerLimits) -> pb::Limits {
         default_timeout_ms: l.request_timeout.as_millis() as u64,
         max_concurrent_streams_per_connection: l.max_concurrent_streams,
         queue_policy: l.queue_policy.as_str().into(),
+        default_min_confidence: l.default_min_confidence,
+        max_connection_age_ms: ms(l.connections.max_age),
+        max_connection_age_grace_ms: l.connections.age_grace.as_millis() as u64,
+        max_connection_idle_ms: ms(l.connections.max_idle),
+        handshake_timeout_ms: l.connections.handshake_timeout.as_millis() as u64,
     }
+}
+
+/// A limit in milliseconds, 0 when off.
+fn ms(d: Option<std::time::Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The model's description as GetModelInfo returns it.

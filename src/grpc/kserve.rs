@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mnister_core::engine::{Classification, Engine, Input, Traffic};
+use mnister_core::engine::{Classification, Engine, Input, Options, Traffic};
 use mnister_core::preprocess::PIXELS;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -28,6 +28,9 @@ use crate::proto::inference::model_infer_response::InferOutputTensor;
 pub const INPUT: &str = "image";
 pub const OUT_PROBS: &str = "probabilities";
 pub const OUT_DIGIT: &str = "digit";
+pub const OUT_ABSTAINED: &str = "abstained";
+/// The request parameter that sets the reject threshold.
+pub const MIN_CONFIDENCE: &str = "min_confidence";
 const ACCEPTED: &str =
     "FP32 [N,1,28,28] or UINT8 [N,28,28] (MNIST form), or BYTES [N] (encoded images)";
 
@@ -94,11 +97,33 @@ fn requested_outputs(req: &pb::ModelInferRequest) -> Result<Vec<&'static str>, S
         .map(|o| match o.name.as_str() {
             OUT_PROBS => Ok(OUT_PROBS),
             OUT_DIGIT => Ok(OUT_DIGIT),
+            OUT_ABSTAINED => Ok(OUT_ABSTAINED),
             other => Err(bad(format!(
-                "unknown output {other:?}; the model's outputs are {OUT_PROBS:?} (FP32 [N,10]) and {OUT_DIGIT:?} (INT64 [N])"
+                "unknown output {other:?}; the model's outputs are {OUT_PROBS:?} (FP32 [N,10]), {OUT_DIGIT:?} (INT64 [N]) and {OUT_ABSTAINED:?} (BOOL [N])"
             ))),
         })
         .collect()
+}
+
+/// The request's `min_confidence` parameter (a double, or a number in a
+/// string), if it sets one. With it, the default outputs include
+/// `abstained`.
+fn min_confidence(req: &pb::ModelInferRequest) -> Result<Option<f32>, ServiceError> {
+    use pb::infer_parameter::ParameterChoice as P;
+    let Some(p) = req.parameters.get(MIN_CONFIDENCE) else {
+        return Ok(None);
+    };
+    let v = match &p.parameter_choice {
+        Some(P::DoubleParam(v)) => Some(*v),
+        Some(P::StringParam(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        bad(format!(
+            "parameter {MIN_CONFIDENCE:?} must be a double (or a number as a string) in [0, 1]"
+        ))
+    })?;
+    Ok(Some(mnister_core::engine::check_min_confidence(v as f32)?))
 }
 
 /// Splits Triton's serialized BYTES tensor: each element is a 4-byte
@@ -294,6 +319,14 @@ fn encode_response(
                     .flat_map(|c| c.probabilities.iter().flat_map(|p| p.to_le_bytes()))
                     .collect(),
             );
+        } else if name == OUT_ABSTAINED {
+            tensors.push(InferOutputTensor {
+                name: OUT_ABSTAINED.into(),
+                datatype: "BOOL".into(),
+                shape: vec![n],
+                ..Default::default()
+            });
+            raw.push(results.iter().map(|c| u8::from(c.abstained)).collect());
         } else {
             tensors.push(InferOutputTensor {
                 name: OUT_DIGIT.into(),
@@ -335,11 +368,24 @@ async fn infer(
     traffic: Traffic,
 ) -> Result<pb::ModelInferResponse, ServiceError> {
     check_model(svc_model, &engine, &req.model_name, &req.model_version)?;
-    let outputs = requested_outputs(&req)?;
+    let min_confidence = min_confidence(&req)?;
+    let mut outputs = requested_outputs(&req)?;
+    if req.outputs.is_empty() && min_confidence.is_some() {
+        outputs.push(OUT_ABSTAINED);
+    }
     let inputs = decode_inputs(&mut req)?;
-    let results = engine
-        .classify_many(inputs, Some(deadline), traffic)
-        .await?;
+    let opts = Options {
+        min_confidence,
+        ..Options::new(
+            deadline,
+            traffic,
+            match traffic {
+                Traffic::Interactive => "ModelInfer",
+                Traffic::Bulk => "ModelStreamInfer",
+            },
+        )
+    };
+    let results = engine.classify_many(inputs, opts).await?;
     Ok(encode_response(
         svc_model, &engine, req.id, &outputs, &results,
     ))
@@ -411,6 +457,7 @@ impl GrpcInferenceService for KServeService {
             outputs: vec![
                 t(OUT_PROBS, "FP32", &[-1, 10]),
                 t(OUT_DIGIT, "INT64", &[-1]),
+                t(OUT_ABSTAINED, "BOOL", &[-1]),
             ],
         }))
     }

@@ -116,6 +116,18 @@ try {
   // Upload a phone-photo-like image: dark digit on uneven grey paper.
   await page.setInputFiles("#file", path.join(root, "tests/data/photo-3.png"));
   await expectAnswer(page, 3, "uploaded photo-3.png");
+  // An answer below the request's min_confidence is shown as a question
+  // with the two best guesses (the real server marks it; the route only
+  // raises the threshold the page asks with).
+  if (await page.locator("#hint").textContent()) throw new Error("a confident answer shows a hint");
+  await page.route("**/v1/classify*", r => r.continue({ url: r.request().url() + "&min_confidence=0.9999" }));
+  await page.setInputFiles("#file", []);
+  await page.setInputFiles("#file", path.join(root, "tests/data/photo-3.png"));
+  await page.waitForFunction(() => document.querySelector("#hint").textContent.startsWith("not sure"), null, { timeout: 10000 });
+  const hint = await page.locator("#hint").textContent();
+  if (!/is this a digit\? Best guesses: 3 \(\d+%\) or \d \(\d+%\)/.test(hint)) throw new Error("abstain hint: " + hint);
+  console.log(`ok  abstained answer shown as a question: ${hint}`);
+  await page.unroute("**/v1/classify*");
   // The version and the server time are shown.
   const meta = await page.locator("#meta").textContent();
   if (!/reference|fp32|[0-9a-f]{6}/.test(meta) || !/ms/.test(meta)) throw new Error("model version / latency missing: " + meta);

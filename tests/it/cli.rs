@@ -109,7 +109,13 @@ async fn stream_over_2000_test_images_matches_the_model_card() {
     assert!(out.contains("confusion matrix"), "{out}");
     let csv = std::fs::read_to_string(&out_file).unwrap();
     assert_eq!(csv.lines().count(), 2001);
-    assert!(csv.starts_with("id,label,digit,confidence,error"));
+    assert!(csv.starts_with("id,label,digit,confidence,abstained,error"));
+    // The reject option's summary: how many abstained, and the accuracy of
+    // the rest (at the server's default threshold).
+    assert!(
+        out.contains("abstained   ") && out.contains("kept        "),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,10 +70,16 @@ impl TestServer {
     }
 
     pub fn start_with_model(model: &std::path::Path, extra: &[&str]) -> TestServer {
+        Self::start_on(model, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the server with its gRPC port at `grpc_addr` (a replica
+    /// restarted on the port its clients know).
+    pub fn start_on(model: &std::path::Path, grpc_addr: &str, extra: &[&str]) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnister-server"));
         cmd.args([
             "--grpc-addr",
-            "127.0.0.1:0",
+            grpc_addr,
             "--metrics-addr",
             "127.0.0.1:0",
             "--http-addr",
@@ -253,6 +259,14 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl TestServer {
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -50,7 +50,7 @@ async fn the_server_serves_the_int8_model_and_says_so() {
             .classify(ClassifyRequest {
                 id: i.to_string(),
                 input: Some(Input::Mnist(ds.images.image(i).to_vec().into())),
-                return_preprocessed: false,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -12,7 +12,7 @@ use mnister::proto::inference::model_infer_request::{
 use mnister::proto::inference::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use tonic::Code;
 
-fn python() -> String {
+pub fn python() -> String {
     std::env::var("KSERVE_PYTHON")
         .unwrap_or_else(|_| root().join(".venv-triton/bin/python").display().to_string())
 }
@@ -41,7 +41,7 @@ async fn tritonclient_works_unchanged() {
     assert!(text.contains("all tritonclient checks passed"), "{text}");
 }
 
-fn uint8_request(id: &str, images: &[&[u8]]) -> ModelInferRequest {
+pub fn uint8_request(id: &str, images: &[&[u8]]) -> ModelInferRequest {
     ModelInferRequest {
         model_name: "mnist".into(),
         id: id.into(),
@@ -62,7 +62,7 @@ fn uint8_request(id: &str, images: &[&[u8]]) -> ModelInferRequest {
     }
 }
 
-fn probs(r: &ModelInferResponse) -> Vec<f32> {
+pub fn probs(r: &ModelInferResponse) -> Vec<f32> {
     let i = r
         .outputs
         .iter()

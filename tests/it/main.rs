@@ -6,15 +6,20 @@
 
 mod cli;
 mod common;
+mod confidence;
+mod connections;
 mod faults;
+mod field;
 mod http;
 mod int8;
 mod kserve;
 mod limits;
 mod prometheus;
 mod properties;
+mod python_client;
 mod quantize;
 mod reload;
+mod replicas;
 mod security;
 mod server;
 mod soak;

@@ -9,12 +9,12 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
+pub struct Pki {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
 }
 
 fn ca() -> (String, Issuer<'static, KeyPair>) {
@@ -35,7 +35,7 @@ fn leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> (String, String) {
     )
 }
 
-fn pki() -> Pki {
+pub fn pki() -> Pki {
     let (ca, issuer) = ca();
     let (server_cert, server_key) = leaf(&issuer, &["localhost", "127.0.0.1"]);
     let (client_cert, client_key) = leaf(&issuer, &["client"]);
@@ -48,7 +48,7 @@ fn pki() -> Pki {
     }
 }
 
-fn write(dir: &Path, name: &str, s: &str) -> String {
+pub fn write(dir: &Path, name: &str, s: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, s).unwrap();
     p.display().to_string()

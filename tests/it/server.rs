@@ -15,7 +15,7 @@ fn mnist_req(id: &str, bytes: &[u8]) -> ClassifyRequest {
     ClassifyRequest {
         id: id.into(),
         input: Some(Input::Mnist(bytes.to_vec().into())),
-        return_preprocessed: false,
+        ..Default::default()
     }
 }
 
@@ -267,7 +267,7 @@ async fn metrics_have_every_series_from_the_first_scrape() {
         "mnister_queue_depth",
         "mnister_inflight_requests",
         "mnister_predictions_total",
-        "mnister_low_confidence_total",
+        "mnister_abstained_total",
         "mnister_model_info",
         "mnister_dropped_requests_total",
     ] {

@@ -54,7 +54,8 @@ meta = client.get_model_metadata("mnist", as_json=True)
 forms = {(i["datatype"], tuple(int(s) for s in i["shape"])) for i in meta["inputs"]}
 check(forms == {("FP32", (-1, 1, 28, 28)), ("UINT8", (-1, 28, 28)), ("BYTES", (-1,))}, f"model metadata inputs {forms}")
 outs = {o["name"]: (o["datatype"], tuple(int(s) for s in o["shape"])) for o in meta["outputs"]}
-check(outs == {"probabilities": ("FP32", (-1, 10)), "digit": ("INT64", (-1,))}, f"model metadata outputs {outs}")
+check(outs == {"probabilities": ("FP32", (-1, 10)), "digit": ("INT64", (-1,)), "abstained": ("BOOL", (-1,))},
+      f"model metadata outputs {outs}")
 config = client.get_model_config("mnist", as_json=True)["config"]
 check(int(config["max_batch_size"]) > 0, f"model config max_batch_size {config['max_batch_size']}")
 server = client.get_server_metadata(as_json=True)

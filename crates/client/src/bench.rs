@@ -151,6 +151,7 @@ fn request(inputs: &[Input], k: usize) -> ClassifyRequest {
         id: String::new(),
         input: Some(inputs[k % inputs.len()].clone()),
         return_preprocessed: false,
+        min_confidence: None,
     }
 }
 

@@ -13,6 +13,10 @@ pub struct ClassifyArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Answers below this confidence are marked abstained; default: the
+    /// server's --min-confidence.
+    #[arg(long)]
+    pub min_confidence: Option<f32>,
 }
 
 /// Returns the number of files that failed.
@@ -39,6 +43,7 @@ pub async fn run(conn: &Connection, args: &ClassifyArgs) -> Result<usize, CliErr
             id: name.clone(),
             input: Some(Input::Image(bytes)),
             return_preprocessed: false,
+            min_confidence: args.min_confidence,
         };
         match client.classify(conn.request(req)).await {
             Ok(r) => {
@@ -49,14 +54,19 @@ pub async fn run(conn: &Connection, args: &ClassifyArgs) -> Result<usize, CliErr
                         "{}",
                         serde_json::json!({
                             "file": name, "digit": r.digit, "confidence": r.confidence,
-                            "probabilities": r.probabilities, "model_version": r.model_version, "server_us": us,
+                            "abstained": r.abstained, "probabilities": r.probabilities, "model_version": r.model_version, "server_us": us,
                         })
                     );
                 } else {
                     println!(
-                        "{name:<40} {:>5} {:>9.1}%  {us:>9}",
+                        "{name:<40} {:>5} {:>9.1}%  {us:>9}{}",
                         r.digit,
-                        r.confidence * 100.0
+                        r.confidence * 100.0,
+                        if r.abstained {
+                            "  not sure: check it"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

@@ -41,6 +41,10 @@ pub struct StreamArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Answers below this confidence come back marked abstained (for a
+    /// person to check); default: the server's --min-confidence.
+    #[arg(long)]
+    pub min_confidence: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +60,8 @@ pub struct Row {
     pub label: Option<u8>,
     pub digit: Option<u32>,
     pub confidence: Option<f32>,
+    /// Below the min_confidence: a person should check it.
+    pub abstained: bool,
     pub error: Option<String>,
 }
 
@@ -66,6 +72,10 @@ pub struct Summary {
     pub seconds: f64,
     pub frames_per_second: f64,
     pub accuracy: Option<f64>,
+    /// Answers marked abstained.
+    pub abstained: usize,
+    /// Accuracy of the answers not abstained (with labels).
+    pub kept_accuracy: Option<f64>,
     pub confusion: Option<[[usize; 10]; 10]>,
 }
 
@@ -94,7 +104,7 @@ impl Source {
         }
     }
 
-    fn request(&self, i: usize) -> Result<ClassifyRequest, String> {
+    fn request(&self, i: usize, min_confidence: Option<f32>) -> Result<ClassifyRequest, String> {
         Ok(match self {
             Source::Idx { images, .. } => {
                 let px = images.image(i).to_vec();
@@ -111,6 +121,7 @@ impl Source {
                     id: i.to_string(),
                     input: Some(input),
                     return_preprocessed: false,
+                    min_confidence,
                 }
             }
             Source::Files(files) => ClassifyRequest {
@@ -119,6 +130,7 @@ impl Source {
                     std::fs::read(&files[i]).map_err(|e| format!("{}: {e}", files[i].display()))?,
                 )),
                 return_preprocessed: false,
+                min_confidence,
             },
         })
     }
@@ -188,6 +200,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
     let window = Arc::new(Semaphore::new(args.window.max(1)));
     let (tx, rx) = mpsc::channel(args.window.max(1));
     let (read_errors_tx, mut read_errors_rx) = mpsc::unbounded_channel::<(usize, String)>();
+    let min_confidence = args.min_confidence;
     {
         let (source, window) = (source.clone(), window.clone());
         tokio::spawn(async move {
@@ -196,7 +209,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
                     return;
                 };
                 permit.forget();
-                match source.request(i) {
+                match source.request(i, min_confidence) {
                     Ok(req) => {
                         if tx.send(req).await.is_err() {
                             return;
@@ -257,6 +270,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
                 label: source.label(i),
                 digit: None,
                 confidence: None,
+                abstained: false,
                 error: Some(format!("{:?}: {}", tonic::Code::from(e.code), e.message)),
             },
             None => Row {
@@ -264,6 +278,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
                 label: source.label(i),
                 digit: Some(r.digit),
                 confidence: Some(r.confidence),
+                abstained: r.abstained,
                 error: None,
             },
         });
@@ -276,6 +291,7 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
             label: source.label(i),
             digit: None,
             confidence: None,
+            abstained: false,
             error: Some(e),
         });
         pb.inc(1);
@@ -297,18 +313,28 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
             ..
         }
     );
-    let (accuracy, confusion) = if labelled {
+    let abstained = rows.iter().filter(|r| r.abstained).count();
+    let (accuracy, kept_accuracy, confusion) = if labelled {
         let mut m = [[0usize; 10]; 10];
-        let mut right = 0;
+        let (mut right, mut kept, mut kept_right) = (0, 0, 0);
         for r in &rows {
             if let (Some(l), Some(d)) = (r.label, r.digit) {
                 m[l as usize][d as usize] += 1;
-                right += usize::from(u32::from(l) == d);
+                let ok = u32::from(l) == d;
+                right += usize::from(ok);
+                if !r.abstained {
+                    kept += 1;
+                    kept_right += usize::from(ok);
+                }
             }
         }
-        (Some(right as f64 / n.max(1) as f64), Some(m))
+        (
+            Some(right as f64 / n.max(1) as f64),
+            Some(kept_right as f64 / kept.max(1) as f64),
+            Some(m),
+        )
     } else {
-        (None, None)
+        (None, None, None)
     };
     if let Some(path) = &args.out {
         write_rows(path, args.format, &rows)?;
@@ -319,6 +345,8 @@ pub async fn run(conn: &Connection, args: &StreamArgs) -> Result<Summary, CliErr
         seconds,
         frames_per_second: n as f64 / seconds,
         accuracy,
+        abstained,
+        kept_accuracy,
         confusion,
     })
 }
@@ -332,7 +360,7 @@ fn write_rows(path: &Path, format: Option<Format>, rows: &[Row]) -> Result<(), C
     let io = |e: std::io::Error| CliError::Input(format!("{}: {e}", path.display()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     if format == Format::Csv {
-        writeln!(w, "id,label,digit,confidence,error").map_err(io)?;
+        writeln!(w, "id,label,digit,confidence,abstained,error").map_err(io)?;
     }
     for r in rows {
         match format {
@@ -341,11 +369,12 @@ fn write_rows(path: &Path, format: Option<Format>, rows: &[Row]) -> Result<(), C
                 let err = r.error.as_deref().unwrap_or("").replace('"', "\"\"");
                 writeln!(
                     w,
-                    "\"{}\",{},{},{},\"{}\"",
+                    "\"{}\",{},{},{},{},\"{}\"",
                     r.id.replace('"', "\"\""),
                     opt(r.label.map(|v| v.to_string())),
                     opt(r.digit.map(|v| v.to_string())),
                     opt(r.confidence.map(|v| format!("{v:.6}"))),
+                    r.abstained,
                     err
                 )
                 .map_err(io)?;
@@ -366,6 +395,18 @@ pub fn print_summary(s: &Summary) {
     println!("throughput  {:.0} frames/s", s.frames_per_second);
     if let Some(a) = s.accuracy {
         println!("accuracy    {:.4} ({:.2}%)", a, a * 100.0);
+    }
+    println!(
+        "abstained   {} ({:.2}%): below min_confidence, for a person to check",
+        s.abstained,
+        s.abstained as f64 / s.count.max(1) as f64 * 100.0
+    );
+    if let Some(a) = s.kept_accuracy {
+        println!(
+            "kept        {:.4} ({:.2}%) accuracy of the answers not abstained",
+            a,
+            a * 100.0
+        );
     }
     if let Some(m) = &s.confusion {
         println!("confusion matrix (rows = true label, columns = predicted):");

@@ -58,6 +58,8 @@ pub enum ClassifyError {
     DeadlineExceeded(String),
     #[error("the server is shutting down; retry on another instance")]
     ShuttingDown,
+    #[error("min_confidence is {0}; it must be a probability in [0, 1] (0 never abstains)")]
+    BadMinConfidence(f32),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -68,6 +70,42 @@ impl From<BatchError> for ClassifyError {
             BatchError::DeadlineExceeded { .. } => ClassifyError::DeadlineExceeded(e.to_string()),
             BatchError::Backend(m) => ClassifyError::Internal(m),
         }
+    }
+}
+
+/// How one request is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// When the whole request must be answered by.
+    pub deadline: Option<Instant>,
+    pub traffic: Traffic,
+    /// Return the 28x28 image the model saw.
+    pub want_preprocessed: bool,
+    /// Answers below this confidence are marked abstained; None takes the
+    /// server's default.
+    pub min_confidence: Option<f32>,
+    /// Who asked: the `rpc` label of `mnister_abstained_total`.
+    pub source: &'static str,
+}
+
+impl Options {
+    pub fn new(deadline: Instant, traffic: Traffic, source: &'static str) -> Self {
+        Options {
+            deadline: Some(deadline),
+            traffic,
+            want_preprocessed: false,
+            min_confidence: None,
+            source,
+        }
+    }
+}
+
+/// A per-request confidence threshold must be a probability.
+pub fn check_min_confidence(v: f32) -> Result<f32, ClassifyError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ClassifyError::BadMinConfidence(v))
     }
 }
 
@@ -84,6 +122,9 @@ pub struct Classification {
     pub digit: usize,
     pub confidence: f32,
     pub probabilities: [f32; CLASSES],
+    /// The confidence was below the request's threshold: the digit is the
+    /// model's best guess, and a person should check it.
+    pub abstained: bool,
     pub timings: Timings,
     /// The 28x28 image the model saw, when asked for.
     pub preprocessed: Option<Vec<u8>>,
@@ -97,7 +138,9 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     pub preprocess_threads: usize,
     pub limits: Limits,
-    pub low_confidence: f32,
+    /// Answers below this confidence are marked abstained unless a request
+    /// sets its own threshold.
+    pub min_confidence: f32,
     pub warmup_runs: usize,
     /// Refuse a model that reads fewer of the built-in golden digits.
     pub golden_min_accuracy: Option<f32>,
@@ -236,21 +279,42 @@ impl Engine {
     pub async fn classify(
         &self,
         input: Input,
-        deadline: Option<Instant>,
-        traffic: Traffic,
-        want_preprocessed: bool,
+        opts: Options,
     ) -> Result<Classification, ClassifyError> {
         let started = Instant::now();
+        let min_confidence = self.min_confidence(opts)?;
         let ticket = Ticket {
-            permit: self.admit(1, deadline, traffic).await?,
-            deadline,
-            traffic,
+            permit: self.admit(1, opts.deadline, opts.traffic).await?,
+            deadline: opts.deadline,
+            traffic: opts.traffic,
             started,
         };
         let _inflight = InflightGuard::new();
         let (image, preprocess_time) = self.timed_preprocess(input).await?;
-        self.infer_preprocessed(image, preprocess_time, ticket, want_preprocessed)
-            .await
+        let c = self
+            .infer_preprocessed(image, preprocess_time, ticket, opts.want_preprocessed)
+            .await?;
+        Ok(self.judge(c, min_confidence, opts.source))
+    }
+
+    /// The threshold a request is judged by.
+    fn min_confidence(&self, opts: Options) -> Result<f32, ClassifyError> {
+        opts.min_confidence
+            .map_or(Ok(self.config.min_confidence), check_min_confidence)
+    }
+
+    /// Marks an answer below `min_confidence` as abstained, and counts it.
+    fn judge(
+        &self,
+        mut c: Classification,
+        min_confidence: f32,
+        source: &'static str,
+    ) -> Classification {
+        c.abstained = c.confidence < min_confidence;
+        if c.abstained {
+            counter!(m::ABSTAINED, "rpc" => source).increment(1);
+        }
+        c
     }
 
     /// Classifies several images of one request (a KServe batch). They are
@@ -261,10 +325,13 @@ impl Engine {
     pub async fn classify_many(
         &self,
         inputs: Vec<Input>,
-        deadline: Option<Instant>,
-        traffic: Traffic,
+        opts: Options,
     ) -> Result<Vec<Classification>, ClassifyError> {
         let started = Instant::now();
+        let min_confidence = self.min_confidence(opts)?;
+        let Options {
+            deadline, traffic, ..
+        } = opts;
         let n = inputs.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -294,7 +361,11 @@ impl Engine {
             };
             self.infer_preprocessed(image, preprocess_time, ticket, false)
         });
-        try_join_all(answers).await
+        Ok(try_join_all(answers)
+            .await?
+            .into_iter()
+            .map(|c| self.judge(c, min_confidence, opts.source))
+            .collect())
     }
 
     /// Admission: `n` permits at once, or why not.
@@ -379,13 +450,11 @@ impl Engine {
         let digit = crate::backend::argmax(&p);
         let confidence = p[digit];
         counter!(m::PREDICTIONS, "digit" => DIGITS[digit]).increment(1);
-        if confidence < self.config.low_confidence {
-            counter!(m::LOW_CONFIDENCE).increment(1);
-        }
         Ok(Classification {
             digit,
             confidence,
             probabilities: p,
+            abstained: false,
             timings: Timings {
                 queue: inference.queue_time,
                 preprocess: preprocess_time,

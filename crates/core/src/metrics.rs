@@ -12,7 +12,8 @@ pub const PREPROCESS_DURATION: &str = "mnister_preprocess_duration_seconds";
 pub const INFERENCE_DURATION: &str = "mnister_inference_duration_seconds";
 pub const BATCH_SIZE: &str = "mnister_batch_size";
 pub const PREDICTIONS: &str = "mnister_predictions_total";
-pub const LOW_CONFIDENCE: &str = "mnister_low_confidence_total";
+/// Answers below the request's (or the server's) min_confidence, by RPC.
+pub const ABSTAINED: &str = "mnister_abstained_total";
 pub const QUEUE_DEPTH: &str = "mnister_queue_depth";
 pub const INFLIGHT: &str = "mnister_inflight_requests";
 /// `--max-queue`: the most requests admitted at once.
@@ -84,7 +85,9 @@ pub fn register(max_queue: usize) {
     for d in 0..10 {
         counter!(PREDICTIONS, "digit" => d.to_string()).increment(0);
     }
-    counter!(LOW_CONFIDENCE).increment(0);
+    for rpc in RPCS {
+        counter!(ABSTAINED, "rpc" => rpc).increment(0);
+    }
     counter!(UNAUTHENTICATED).increment(0);
     metrics::describe_counter!(
         UNAUTHENTICATED,
@@ -132,8 +135,8 @@ pub fn register(max_queue: usize) {
     metrics::describe_histogram!(BATCH_SIZE, "Images per batch handed to ONNX Runtime.");
     metrics::describe_counter!(PREDICTIONS, "Predictions, by predicted digit.");
     metrics::describe_counter!(
-        LOW_CONFIDENCE,
-        "Predictions whose confidence was below --low-confidence."
+        ABSTAINED,
+        "Answers marked abstained: confidence below the request's min_confidence (default --min-confidence), by RPC."
     );
     metrics::describe_counter!(
         DROPPED,

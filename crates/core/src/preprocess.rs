@@ -260,45 +260,45 @@ pub fn decode_gray(bytes: &[u8], limits: &Limits) -> Result<(u32, u32, Vec<u8>),
 }
 
 /// Steps 3-7 of the MNIST recipe on an 8-bit grayscale image of either
-/// polarity.
+/// polarity, with what real inputs need beyond MNIST's own scans: uneven
+/// lighting flattened, hairline strokes widened, small scans enlarged
+/// without blur, faint ink stretched to full contrast.
 pub fn preprocess_gray(w: usize, h: usize, gray: &[u8]) -> Result<MnistImage, PreprocessError> {
     assert_eq!(gray.len(), w * h, "gray buffer must be w*h");
 
-    // Polarity: MNIST is bright ink on a dark background. The border is
-    // mostly background, so a bright border means dark ink on paper.
-    let border = border_pixels(w, h, gray);
-    let mean_border = border.iter().map(|&v| f32::from(v)).sum::<f32>() / border.len() as f32;
-    let invert = mean_border > 127.5;
-    let value = |v: u8| -> f32 {
-        if invert {
-            255.0 - f32::from(v)
-        } else {
-            f32::from(v)
-        }
+    // Polarity: MNIST is bright ink on a dark background. Ink covers less
+    // than half of almost any digit image, so the median pixel is
+    // background: a bright median means dark ink on paper. (The border alone
+    // misleads when a digit is stretched to touch every edge.)
+    let (lo, hi) = gray
+        .iter()
+        .fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let median = percentile(gray, 0.5);
+    let invert = u32::from(median) * 2 > u32::from(lo) + u32::from(hi);
+    let value: Vec<u8> = if invert {
+        gray.iter().map(|&v| 255 - v).collect()
+    } else {
+        gray.to_vec()
     };
 
-    // Background level from the border's median (robust to a stroke that
-    // touches the edge), ink level from the brightest pixel.
-    let mut b: Vec<f32> = border.iter().map(|&v| value(v)).collect();
-    b.sort_by(f32::total_cmp);
-    let bg = b[b.len() / 2];
-    let hi = gray.iter().map(|&v| value(v)).fold(0.0f32, f32::max);
-    let contrast = hi - bg;
+    // Ink above the background: the background is flattened tile by tile
+    // when it varies (a photo's lighting), else one level for the image.
+    let ink = flatten_background(w, h, &value);
+    let contrast = ink.iter().fold(0.0f32, |m, &v| m.max(v));
     if contrast < MIN_CONTRAST {
         return Err(PreprocessError::Blank {
             contrast: contrast.max(0.0).round() as u32,
         });
     }
-    let norm = |v: u8| -> f32 {
-        let n = ((value(v) - bg) / contrast).clamp(0.0, 1.0);
+    let norm = |v: f32| -> f32 {
+        let n = (v / contrast).clamp(0.0, 1.0);
         if n < NOISE_FLOOR { 0.0 } else { n }
     };
 
     // Crop to the ink's bounding box.
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0usize, 0usize);
     for y in 0..h {
-        let row = &gray[y * w..(y + 1) * w];
-        for (x, &v) in row.iter().enumerate() {
+        for (x, &v) in ink[y * w..(y + 1) * w].iter().enumerate() {
             if norm(v) >= BBOX_THRESHOLD {
                 x0 = x0.min(x);
                 x1 = x1.max(x);
@@ -309,57 +309,257 @@ pub fn preprocess_gray(w: usize, h: usize, gray: &[u8]) -> Result<MnistImage, Pr
     }
     debug_assert!(x0 <= x1 && y0 <= y1, "the brightest pixel is always ink");
     let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
-    let mut crop = ImageBuffer::<Luma<f32>, Vec<f32>>::new(cw as u32, ch as u32);
-    for (x, y, p) in crop.enumerate_pixels_mut() {
-        p.0[0] = norm(gray[(y0 + y as usize) * w + x0 + x as usize]);
-    }
-
-    // Longer side to 20 px, aspect kept. The triangle filter widens its
-    // support when shrinking, which is the antialiasing MNIST had.
     let scale = BOX / cw.max(ch) as f32;
-    let nw = ((cw as f32 * scale).round() as u32).clamp(1, BOX as u32);
-    let nh = ((ch as f32 * scale).round() as u32).clamp(1, BOX as u32);
-    let small = imageops::resize(&crop, nw, nh, imageops::FilterType::Triangle);
 
-    // Centre of mass to the centre of the 28x28 field.
-    let (mut mass, mut mx, mut my) = (0f32, 0f32, 0f32);
-    for (x, y, p) in small.enumerate_pixels() {
-        let v = p.0[0].clamp(0.0, 1.0);
-        mass += v;
-        mx += v * (x as f32 + 0.5);
-        my += v * (y as f32 + 0.5);
+    // Hairlines (a thin pen on a big canvas) would shrink to faint
+    // sub-pixel traces: widen strokes thinner than MNIST's at this scale.
+    let crop: Vec<f32> = (y0..=y1)
+        .flat_map(|y| ink[y * w + x0..=y * w + x1].iter().map(|&v| norm(v)))
+        .collect();
+    let widen = widen_radius(cw, ch, &crop, scale);
+    let (pw, ph) = (cw + 2 * widen, ch + 2 * widen);
+    let mut padded = ImageBuffer::<Luma<f32>, Vec<f32>>::new(pw as u32, ph as u32);
+    for y in 0..ch {
+        for x in 0..cw {
+            padded.put_pixel(
+                (x + widen) as u32,
+                (y + widen) as u32,
+                Luma([crop[y * cw + x]]),
+            );
+        }
     }
-    if mass <= 0.0 {
+    if widen > 0 {
+        padded = max_filter(&padded, widen);
+    }
+
+    // Longer side to 20 px, aspect kept. Shrinking uses the triangle
+    // filter, whose widened support is the antialiasing MNIST had;
+    // enlarging a small scan uses Lanczos, which keeps its strokes sharp
+    // where the triangle filter smears them into a blur.
+    let scale = BOX / pw.max(ph) as f32;
+    let nw = ((pw as f32 * scale).round() as u32).clamp(1, BOX as u32);
+    let nh = ((ph as f32 * scale).round() as u32).clamp(1, BOX as u32);
+    let filter = if scale > 1.0 {
+        imageops::FilterType::Lanczos3
+    } else {
+        imageops::FilterType::Triangle
+    };
+    let mut small = imageops::resize(&padded, nw, nh, filter);
+    // Faint ink (a thin or light stroke, shrunk) to full contrast, as
+    // MNIST's strokes are.
+    let peak = small.pixels().fold(0.0f32, |m, p| m.max(p.0[0]));
+    if peak <= 0.0 {
         return Err(PreprocessError::Blank { contrast: 0 });
     }
-    let half = SIDE as f32 / 2.0;
-    let ox = (half - mx / mass).round() as i64;
-    let oy = (half - my / mass).round() as i64;
+    for p in small.pixels_mut() {
+        p.0[0] = (p.0[0] / peak).clamp(0.0, 1.0);
+    }
+
+    // Centre of mass to the centre of the 28x28 field: array index 14.0,
+    // 14.0, where MNIST puts it (measured on MNIST train: 14.006, 13.997).
+    let (mut mass, mut mx, mut my) = (0f32, 0f32, 0f32);
+    for (x, y, p) in small.enumerate_pixels() {
+        let v = p.0[0];
+        mass += v;
+        mx += v * x as f32;
+        my += v * y as f32;
+    }
+    let centre = SIDE as f32 / 2.0;
+    let ox = (centre - mx / mass).round() as i64;
+    let oy = (centre - my / mass).round() as i64;
     let mut out = [0f32; PIXELS];
     for (x, y, p) in small.enumerate_pixels() {
         let tx = x as i64 + ox;
         let ty = y as i64 + oy;
         if (0..SIDE as i64).contains(&tx) && (0..SIDE as i64).contains(&ty) {
-            out[ty as usize * SIDE + tx as usize] = p.0[0].clamp(0.0, 1.0);
+            out[ty as usize * SIDE + tx as usize] = p.0[0];
         }
     }
     Ok(out)
 }
 
-/// The outer ring of the image, about 2% of the shorter side thick.
-fn border_pixels(w: usize, h: usize, gray: &[u8]) -> Vec<u8> {
-    let t = (w.min(h) / 50).max(1);
-    let mut out = Vec::with_capacity(2 * t * (w + h));
+/// The `q`-quantile of 8-bit values, from a histogram.
+fn percentile(values: &[u8], q: f32) -> u8 {
+    let mut hist = [0usize; 256];
+    for &v in values {
+        hist[v as usize] += 1;
+    }
+    let target = ((values.len() as f32 * q) as usize).min(values.len().saturating_sub(1));
+    let mut seen = 0;
+    for (v, &n) in hist.iter().enumerate() {
+        seen += n;
+        if seen > target {
+            return v as u8;
+        }
+    }
+    255
+}
+
+/// Images at least this large on the shorter side get a background map.
+const FLATTEN_MIN_SIDE: usize = 64;
+/// Tiles per shorter side of the background map.
+const FLATTEN_TILES: usize = 8;
+/// A tile's background is this quantile of its pixels: ink is the bright
+/// minority after the polarity flip.
+const TILE_BACKGROUND_QUANTILE: f32 = 0.3;
+/// Below this spread (of the ink's range) the background counts as even,
+/// and one level serves the whole image.
+const EVEN_BACKGROUND: f32 = 0.08;
+
+/// Ink above the background, per pixel. A small or evenly lit image has one
+/// background level (its 30% quantile). A larger one with uneven light (a
+/// photo of paper: bright by the window, dark in the corner) gets a
+/// background map: a quantile per tile, median-filtered over the tile grid
+/// so a tile full of ink does not count, and interpolated bilinearly.
+fn flatten_background(w: usize, h: usize, value: &[u8]) -> Vec<f32> {
+    let global = f32::from(percentile(value, TILE_BACKGROUND_QUANTILE));
+    let even = || {
+        value
+            .iter()
+            .map(|&v| (f32::from(v) - global).max(0.0))
+            .collect()
+    };
+    if w.min(h) < FLATTEN_MIN_SIDE {
+        return even();
+    }
+    let t = (w.min(h) / FLATTEN_TILES).max(8);
+    let (gx, gy) = (w.div_ceil(t), h.div_ceil(t));
+    let mut tiles = vec![0f32; gx * gy];
+    let mut buf = Vec::with_capacity(t * t);
+    for ty in 0..gy {
+        for tx in 0..gx {
+            buf.clear();
+            for y in ty * t..((ty + 1) * t).min(h) {
+                buf.extend_from_slice(&value[y * w + tx * t..y * w + ((tx + 1) * t).min(w)]);
+            }
+            tiles[ty * gx + tx] = f32::from(percentile(&buf, TILE_BACKGROUND_QUANTILE));
+        }
+    }
+    // 3x3 median over the grid.
+    let mut smooth = vec![0f32; gx * gy];
+    for ty in 0..gy {
+        for tx in 0..gx {
+            let mut n: Vec<f32> = (ty.saturating_sub(1)..(ty + 2).min(gy))
+                .flat_map(|y| (tx.saturating_sub(1)..(tx + 2).min(gx)).map(move |x| (x, y)))
+                .map(|(x, y)| tiles[y * gx + x])
+                .collect();
+            n.sort_by(f32::total_cmp);
+            smooth[ty * gx + tx] = n[n.len() / 2];
+        }
+    }
+    let (bmin, bmax) = smooth
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let range = value.iter().map(|&v| f32::from(v)).fold(0.0f32, f32::max) - bmin;
+    if bmax - bmin <= EVEN_BACKGROUND * range {
+        return even();
+    }
+    // Bilinear between tile centres.
+    let at = |gx_: f32, gy_: f32| -> f32 {
+        let fx = gx_.clamp(0.0, (gx - 1) as f32);
+        let fy = gy_.clamp(0.0, (gy - 1) as f32);
+        let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(gx - 1), (y0 + 1).min(gy - 1));
+        let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
+        let top = smooth[y0 * gx + x0] * (1.0 - ax) + smooth[y0 * gx + x1] * ax;
+        let bottom = smooth[y1 * gx + x0] * (1.0 - ax) + smooth[y1 * gx + x1] * ax;
+        top * (1.0 - ay) + bottom * ay
+    };
+    let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
-        let row = &gray[y * w..(y + 1) * w];
-        if y < t || y + t >= h {
-            out.extend_from_slice(row);
-        } else {
-            out.extend_from_slice(&row[..t.min(w)]);
-            out.extend_from_slice(&row[w.saturating_sub(t).max(t.min(w))..]);
+        let fy = (y as f32 + 0.5) / t as f32 - 0.5;
+        for x in 0..w {
+            let fx = (x as f32 + 0.5) / t as f32 - 0.5;
+            out.push((f32::from(value[y * w + x]) - at(fx, fy)).max(0.0));
         }
     }
     out
+}
+
+/// MNIST's strokes are about 2.3 px wide in the 20 px box.
+const MNIST_STROKE: f32 = 2.3;
+/// Strokes thinner than this share of MNIST's, after scaling, are widened.
+const THIN_STROKE: f32 = 0.6;
+
+/// The estimated stroke width of a `cw x ch` crop (values 0..1), in crop
+/// pixels: 2 x area / boundary of the ink (a stroke of width w and length
+/// L has area wL and boundary about 2L). None for a crop without ink.
+fn stroke_width(cw: usize, ch: usize, crop: &[f32]) -> Option<f32> {
+    let ink = |x: usize, y: usize| crop[y * cw + x] >= 0.5;
+    let (mut area, mut boundary) = (0usize, 0usize);
+    for y in 0..ch {
+        for x in 0..cw {
+            if !ink(x, y) {
+                continue;
+            }
+            area += 1;
+            let edge = x == 0
+                || y == 0
+                || x + 1 == cw
+                || y + 1 == ch
+                || !ink(x - 1, y)
+                || !ink(x + 1, y)
+                || !ink(x, y - 1)
+                || !ink(x, y + 1);
+            boundary += usize::from(edge);
+        }
+    }
+    (boundary > 0).then(|| 2.0 * area as f32 / boundary as f32)
+}
+
+/// How far to widen the strokes of a crop so that, scaled by `scale`, they
+/// come out about as wide as MNIST's: 0 for strokes that already do.
+/// (Thinning marker strokes the same way was measured and did not help:
+/// their loops are already filled.)
+fn widen_radius(cw: usize, ch: usize, crop: &[f32], scale: f32) -> usize {
+    match stroke_width(cw, ch, crop) {
+        Some(width) if width * scale < THIN_STROKE * MNIST_STROKE => {
+            ((MNIST_STROKE - width * scale) / 2.0 / scale)
+                .round()
+                .max(1.0) as usize
+        }
+        _ => 0,
+    }
+}
+
+/// A separable square filter: `pick` over each (2r+1) window, rows then
+/// columns; `init` is `pick`'s identity. `f32::max` dilates, `f32::min`
+/// erodes (the trainer's stroke augmentation uses it too).
+pub fn morph(
+    src: &[f32],
+    w: usize,
+    h: usize,
+    r: usize,
+    pick: fn(f32, f32) -> f32,
+    init: f32,
+) -> Vec<f32> {
+    let mut rows = vec![init; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r + 1).min(w));
+            rows[y * w + x] = src[y * w + a..y * w + b]
+                .iter()
+                .fold(init, |m, &v| pick(m, v));
+        }
+    }
+    let mut out = vec![init; w * h];
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for x in 0..w {
+            out[y * w + x] = (a..b).fold(init, |m, yy| pick(m, rows[yy * w + x]));
+        }
+    }
+    out
+}
+
+/// Grey dilation with a (2r+1) square.
+fn max_filter(
+    img: &ImageBuffer<Luma<f32>, Vec<f32>>,
+    r: usize,
+) -> ImageBuffer<Luma<f32>, Vec<f32>> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let out = morph(img.as_raw(), w, h, r, f32::max, 0.0);
+    ImageBuffer::from_raw(w as u32, h as u32, out).expect("w*h values")
 }
 
 /// MNIST form back to bytes, for showing callers what the model saw.
@@ -421,15 +621,10 @@ mod tests {
             bw.max(bh) >= 19 && bw.max(bh) <= 21,
             "box {bw}x{bh} at {x0},{y0}"
         );
+        // The centre of mass at array index 14, 14, as in MNIST.
         let mass: f32 = img.iter().sum();
-        let cx: f32 = (0..PIXELS)
-            .map(|i| img[i] * ((i % SIDE) as f32 + 0.5))
-            .sum::<f32>()
-            / mass;
-        let cy: f32 = (0..PIXELS)
-            .map(|i| img[i] * ((i / SIDE) as f32 + 0.5))
-            .sum::<f32>()
-            / mass;
+        let cx: f32 = (0..PIXELS).map(|i| img[i] * (i % SIDE) as f32).sum::<f32>() / mass;
+        let cy: f32 = (0..PIXELS).map(|i| img[i] * (i / SIDE) as f32).sum::<f32>() / mass;
         assert!(
             (cx - 14.0).abs() <= 0.75 && (cy - 14.0).abs() <= 0.75,
             "com {cx},{cy}"
@@ -562,5 +757,90 @@ mod tests {
         let e = preprocess_encoded(&bytes[..bytes.len() / 2], &Limits::default()).unwrap_err();
         assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
         assert!(e.to_string().contains("PNG"));
+    }
+
+    /// The "1" of `digit_canvas` drawn with a pen of width `pen` on a
+    /// `side` x `side` page.
+    fn pen_one(side: u32, pen: u32) -> GrayImage {
+        let mut img = GrayImage::from_pixel(side, side, Luma([255]));
+        let cx = side / 2;
+        for y in side / 5..side * 4 / 5 {
+            for x in cx..cx + pen {
+                img.put_pixel(x, y, Luma([0]));
+            }
+        }
+        for x in cx - side / 8..cx + side / 8 {
+            for y in side * 4 / 5 - pen..side * 4 / 5 {
+                img.put_pixel(x, y, Luma([0]));
+            }
+        }
+        img
+    }
+
+    fn ink_mass(img: &MnistImage) -> f32 {
+        img.iter().sum()
+    }
+
+    #[test]
+    fn a_hairline_comes_out_as_wide_and_bright_as_a_pen_stroke() {
+        let lim = Limits::default();
+        let hair = preprocess_encoded(&png(&pen_one(280, 1)), &lim).unwrap();
+        let pen = preprocess_encoded(&png(&pen_one(280, 24)), &lim).unwrap();
+        assert_mnist_like(&hair);
+        // Full contrast, and not a faint trace: MNIST strokes are 2-3 px.
+        assert!(hair.iter().cloned().fold(0.0, f32::max) >= 0.99);
+        let (h, p) = (ink_mass(&hair), ink_mass(&pen));
+        assert!(h > 0.5 * p, "hairline mass {h} against pen mass {p}");
+    }
+
+    #[test]
+    fn uneven_light_is_flattened_before_the_crop() {
+        // Dark ink on paper lit from the left: 235 at one side, 120 at the
+        // other, so the dark side is darker than a faint ink would be.
+        let mut img = pen_one(400, 14);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            let light = 235.0 - 115.0 * x as f32 / 400.0;
+            p.0[0] = if p.0[0] == 0 { 40 } else { light as u8 };
+        }
+        let out = preprocess_encoded(&png(&img), &Limits::default()).unwrap();
+        assert_mnist_like(&out);
+        // The crop is the digit, not the dark side of the page: the
+        // result matches the same digit on even paper.
+        let even = preprocess_encoded(&png(&pen_one(400, 14)), &Limits::default()).unwrap();
+        let diff: f32 = out.iter().zip(&even).map(|(a, b)| (a - b).abs()).sum();
+        assert!(diff < 0.2 * ink_mass(&even), "differs by {diff}");
+    }
+
+    #[test]
+    fn a_tiny_scan_is_enlarged_sharply() {
+        // An 8x8 "1": two columns of ink. Enlarged to 20 px with Lanczos it
+        // keeps a solid core instead of a smear.
+        let mut img = GrayImage::new(8, 8);
+        for y in 1..7 {
+            for x in 3..5 {
+                img.put_pixel(x, y, Luma([255]));
+            }
+        }
+        let out = preprocess_encoded(&png(&img), &Limits::default()).unwrap();
+        let solid = out.iter().filter(|&&v| v > 0.9).count();
+        assert!(solid >= 40, "only {solid} pixels near full ink");
+    }
+
+    #[test]
+    fn a_digit_that_fills_its_box_keeps_its_polarity() {
+        // White ink on black that touches all four edges, as a scan
+        // stretched to its box does: the border is all ink.
+        let mut img = GrayImage::new(16, 16);
+        for i in 0..16 {
+            for t in 0..2 {
+                img.put_pixel(i, t, Luma([255]));
+                img.put_pixel(i, 15 - t, Luma([255]));
+                img.put_pixel(t, i, Luma([255]));
+                img.put_pixel(15 - t, i, Luma([255]));
+            }
+        }
+        let out = preprocess_encoded(&png(&img), &Limits::default()).unwrap();
+        // A ring: ink on the outside, none in the middle.
+        assert!(out[14 * SIDE + 14] < 0.1 && out[14 * SIDE + 5] > 0.5);
     }
 }

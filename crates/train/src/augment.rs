@@ -167,6 +167,200 @@ fn bilinear(src: &MnistImage, x: f32, y: f32, fill: Fill) -> f32 {
     top * (1.0 - fy) + bottom * fy
 }
 
+/// Where field inputs differ from MNIST after the serving preprocessing
+/// has removed position and size: stroke width, resolution (a scan's 8 to
+/// 32 px), binarisation, aspect stretch, blur and noise. `degrade` renders
+/// one such version of a digit and sends it through the server's own
+/// `preprocess_gray`, so the model trains on what serving hands it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FieldAugment {
+    /// Share of the training images degraded this way.
+    pub prob: f32,
+    /// Share whose 28x28 strokes are thinned or thickened instead.
+    #[serde(default)]
+    pub stroke_prob: f32,
+}
+
+/// The working canvas: 4x MNIST, fine enough for hairlines and markers.
+const CANVAS: usize = SIDE * 4;
+
+impl FieldAugment {
+    /// `img` degraded like a field input (share `prob`), or with its
+    /// strokes thinned or thickened (share `stroke_prob`), or as it is.
+    pub fn apply(&self, img: &MnistImage, rng: &mut impl Rng) -> MnistImage {
+        let roll = rng.random::<f32>();
+        if roll < self.prob {
+            self.degrade(img, rng).unwrap_or(*img)
+        } else if roll < self.prob + self.stroke_prob {
+            crate::robustness::morph(img, rng.random_range(0..3) == 0)
+        } else {
+            *img
+        }
+    }
+
+    /// A degraded copy of `img` (28x28, 0..1, ink bright) after the serving
+    /// preprocessing, or None when the degradation left nothing the server
+    /// would read (the caller keeps the original).
+    pub fn degrade(&self, img: &MnistImage, rng: &mut impl Rng) -> Option<MnistImage> {
+        // 1. Up to the canvas, bilinear.
+        let mut c = upscale(img, CANVAS);
+        // 2. Stroke width: a hairline (erode), a marker (dilate), or as is.
+        let r: i32 = match rng.random_range(0..10) {
+            0..=2 => -rng.random_range(1..=3),
+            3..=5 => rng.random_range(1..=7),
+            _ => 0,
+        };
+        if r != 0 {
+            let t = rng.random_range(0.3..0.6);
+            for v in c.iter_mut() {
+                *v = if *v >= t { 1.0 } else { 0.0 };
+            }
+            c = morph_square(&c, CANVAS, CANVAS, r.unsigned_abs() as usize, r > 0);
+        }
+        // 3. Aspect: the ink stretched to fill a square (Semeion's scans),
+        // or one axis squeezed.
+        let (mut w, mut h) = (CANVAS, CANVAS);
+        let aspect = rng.random::<f32>();
+        if aspect < 0.15 {
+            c = fill_square(&c, CANVAS);
+        } else if aspect < 0.35 {
+            let k = rng.random_range(0.55..1.0);
+            if rng.random::<bool>() {
+                w = ((CANVAS as f32) * k) as usize;
+            } else {
+                h = ((CANVAS as f32) * k) as usize;
+            }
+            c = resize(&c, CANVAS, CANVAS, w, h);
+        }
+        // 4. Resolution: a scan at 8 to 32 px, grey, binary or 17 levels.
+        if rng.random::<f32>() < 0.5 {
+            let side = [8usize, 10, 12, 14, 16, 16, 20, 24, 28, 32][rng.random_range(0..10)];
+            let (sw, sh) = if w >= h {
+                (side, (side * h / w).max(1))
+            } else {
+                ((side * w / h).max(1), side)
+            };
+            c = resize(&c, w, h, sw, sh);
+            (w, h) = (sw, sh);
+            // Binary scans come at 12 px and up; an 8 px scan keeps grey.
+            match rng.random_range(0..3) {
+                0 if side >= 12 => {
+                    let t = rng.random_range(0.3..0.6);
+                    c.iter_mut()
+                        .for_each(|v| *v = if *v >= t { 1.0 } else { 0.0 });
+                }
+                1 => c.iter_mut().for_each(|v| *v = (*v * 16.0).round() / 16.0),
+                _ => {}
+            }
+        }
+        // 5. Blur and noise, then either polarity, as 8-bit grey.
+        if w.min(h) >= 16 && rng.random::<f32>() < 0.3 {
+            c = blur3(&c, w, h);
+        }
+        let noise = if rng.random::<f32>() < 0.3 {
+            rng.random_range(0.0..0.06)
+        } else {
+            0.0
+        };
+        let dark_on_light = rng.random::<bool>();
+        let gray: Vec<u8> = c
+            .iter()
+            .map(|&v| {
+                let n = if noise > 0.0 {
+                    rng.random_range(-noise..noise)
+                } else {
+                    0.0
+                };
+                let v = ((v + n).clamp(0.0, 1.0) * 255.0).round() as u8;
+                if dark_on_light { 255 - v } else { v }
+            })
+            .collect();
+        mnister_core::preprocess::preprocess_gray(w, h, &gray).ok()
+    }
+}
+
+/// The ink's bounding box of a `side` x `side` image, resampled to fill
+/// the whole square, aspect ratio not kept.
+fn fill_square(src: &[f32], side: usize) -> Vec<f32> {
+    let (mut x0, mut y0, mut x1, mut y1) = (side, side, 0, 0);
+    for (i, _) in src.iter().enumerate().filter(|(_, v)| **v >= 0.25) {
+        let (x, y) = (i % side, i / side);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    if x0 > x1 || y0 > y1 {
+        return src.to_vec();
+    }
+    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+    let crop: Vec<f32> = (y0..=y1)
+        .flat_map(|y| src[y * side + x0..=y * side + x1].iter().copied())
+        .collect();
+    resize(&crop, cw, ch, side, side)
+}
+
+fn upscale(img: &MnistImage, side: usize) -> Vec<f32> {
+    resize(img, SIDE, SIDE, side, side)
+}
+
+/// Bilinear resampling (area-averaged when shrinking by sampling a 2x2
+/// grid per output pixel), values stay in 0..1.
+fn resize(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+    let at = |x: f32, y: f32| -> f32 {
+        let x = x.clamp(0.0, (sw - 1) as f32);
+        let y = y.clamp(0.0, (sh - 1) as f32);
+        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(sw - 1), (y0 + 1).min(sh - 1));
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+        let top = src[y0 * sw + x0] * (1.0 - fx) + src[y0 * sw + x1] * fx;
+        let bottom = src[y1 * sw + x0] * (1.0 - fx) + src[y1 * sw + x1] * fx;
+        top * (1.0 - fy) + bottom * fy
+    };
+    let (kx, ky) = (sw as f32 / dw as f32, sh as f32 / dh as f32);
+    let sub = if kx > 1.5 || ky > 1.5 { 4 } else { 1 };
+    let mut out = Vec::with_capacity(dw * dh);
+    for y in 0..dh {
+        for x in 0..dw {
+            let mut acc = 0.0;
+            for j in 0..sub {
+                for i in 0..sub {
+                    let fx = (x as f32 + (i as f32 + 0.5) / sub as f32) * kx - 0.5;
+                    let fy = (y as f32 + (j as f32 + 0.5) / sub as f32) * ky - 0.5;
+                    acc += at(fx, fy);
+                }
+            }
+            out.push(acc / (sub * sub) as f32);
+        }
+    }
+    out
+}
+
+/// Binary dilation (or erosion) with a (2r+1) square.
+fn morph_square(src: &[f32], w: usize, h: usize, r: usize, dilate: bool) -> Vec<f32> {
+    use mnister_core::preprocess::morph;
+    if dilate {
+        morph(src, w, h, r, f32::max, 0.0)
+    } else {
+        morph(src, w, h, r, f32::min, 1.0)
+    }
+}
+
+/// A 3x3 box blur.
+fn blur3(src: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0.0; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (mut s, mut n) = (0.0, 0.0);
+            for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                    s += src[yy * w + xx];
+                    n += 1.0;
+                }
+            }
+            out[y * w + x] = s / n;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +422,115 @@ mod tests {
             assert!((1.0..=1.5).contains(&a.zoom_x) && (1.0..=1.5).contains(&a.zoom_y));
         }
         assert_eq!(cfg.sample(&mut rng, 0.0), Affine::IDENTITY);
+    }
+
+    fn bar() -> MnistImage {
+        let mut img = [0f32; PIXELS];
+        for y in 4..24 {
+            for x in 12..15 {
+                img[y * SIDE + x] = 1.0;
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn field_degradation_yields_served_mnist_form() {
+        let aug = FieldAugment {
+            prob: 1.0,
+            stroke_prob: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut kept = 0;
+        for _ in 0..200 {
+            if let Some(out) = aug.degrade(&bar(), &mut rng) {
+                kept += 1;
+                assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
+                // Served form: the ink's centre of mass near index 14, 14.
+                let m: f32 = out.iter().sum();
+                let cy = (0..PIXELS).map(|i| out[i] * (i / SIDE) as f32).sum::<f32>() / m;
+                assert!((cy - 14.0).abs() < 1.0, "{cy}");
+            }
+        }
+        assert!(kept > 190, "only {kept} of 200 degraded bars were readable");
+    }
+
+    #[test]
+    fn field_degradation_is_seeded() {
+        let aug = FieldAugment {
+            prob: 1.0,
+            stroke_prob: 0.0,
+        };
+        let run = |seed| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| aug.degrade(&bar(), &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn fill_square_stretches_the_ink_to_every_edge() {
+        let big = upscale(&bar(), CANVAS);
+        let out = fill_square(&big, CANVAS);
+        let ink = |x: usize, y: usize| out[y * CANVAS + x] >= 0.25;
+        // The bar was 3 px wide and 20 tall; now it touches all four sides,
+        // and its sides run the whole height.
+        let m = CANVAS / 2;
+        assert!(ink(0, m) && ink(CANVAS - 1, m) && ink(m, 0) && ink(m, CANVAS - 1));
+        assert!((8..CANVAS - 8).all(|y| ink(0, y) && ink(CANVAS - 1, y)));
+    }
+
+    #[test]
+    fn erosion_thins_and_dilation_thickens() {
+        let big = upscale(&bar(), CANVAS);
+        let ink = |v: &[f32]| v.iter().filter(|&&x| x >= 0.5).count();
+        let thick = morph_square(&big, CANVAS, CANVAS, 3, true);
+        let thin = morph_square(&big, CANVAS, CANVAS, 3, false);
+        assert!(ink(&thick) > ink(&big) && ink(&big) > ink(&thin) && ink(&thin) > 0);
+    }
+}
+
+#[cfg(test)]
+mod preview {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Writes degraded samples of the first test digits to
+    /// $MNISTER_PREVIEW (a PNG grid), for a person to look at.
+    #[test]
+    #[ignore = "writes a picture for a person to look at"]
+    fn field_degradation_preview() {
+        let Ok(out) = std::env::var("MNISTER_PREVIEW") else {
+            return;
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/mnist");
+        let ds = mnister_core::idx::load_mnist(&dir, mnister_core::idx::Split::Test).unwrap();
+        let aug = FieldAugment {
+            prob: 1.0,
+            stroke_prob: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (cols, rows) = (12u32, 10u32);
+        let mut grid = image::GrayImage::new(cols * 30, rows * 30);
+        for r in 0..rows {
+            let src =
+                mnister_core::preprocess::normalize_mnist(ds.images.image(r as usize)).unwrap();
+            for c in 0..cols {
+                let img = if c == 0 {
+                    Some(src)
+                } else {
+                    aug.degrade(&src, &mut rng)
+                };
+                let Some(img) = img else { continue };
+                for (i, v) in img.iter().enumerate() {
+                    let (x, y) = ((i % SIDE) as u32, (i / SIDE) as u32);
+                    grid.put_pixel(c * 30 + x, r * 30 + y, image::Luma([(v * 255.0) as u8]));
+                }
+            }
+        }
+        grid.save(out).unwrap();
     }
 }

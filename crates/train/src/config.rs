@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::augment::{AugmentConfig, Fill};
+use crate::augment::{AugmentConfig, FieldAugment, Fill};
 use crate::model::Arch;
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize, serde::Deserialize)]
@@ -119,6 +119,19 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_AUG_PROB", default_value_t = 1.0)]
     pub augment_prob: f32,
 
+    /// Share of training images also degraded the way field inputs are
+    /// (stroke width, scan resolution, binarisation, aspect stretch, blur,
+    /// noise) and sent through the serving preprocessing; 0 turns it off.
+    #[arg(long, env = "MNISTER_AUG_FIELD_PROB", default_value_t = 0.4)]
+    pub field_augment_prob: f32,
+
+    /// Share of the other training images whose 28x28 strokes are thinned
+    /// (plus-shaped erosion, two in three) or thickened (3x3 dilation): a
+    /// pen thinner or bolder than MNIST's writers' at MNIST's own scale.
+    #[arg(long, env = "MNISTER_AUG_STROKE_PROB", default_value_t = 0.15)]
+    #[serde(default)]
+    pub stroke_augment_prob: f32,
+
     /// Ramp the augmentation strength up linearly over this many first epochs.
     #[arg(long, env = "MNISTER_AUG_WARMUP_EPOCHS", default_value_t = 0)]
     pub augment_warmup_epochs: usize,
@@ -148,6 +161,16 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The field degradation, unless off.
+    pub fn field_augment(&self) -> Option<FieldAugment> {
+        (!self.no_augment && self.field_augment_prob + self.stroke_augment_prob > 0.0).then_some(
+            FieldAugment {
+                prob: self.field_augment_prob,
+                stroke_prob: self.stroke_augment_prob,
+            },
+        )
+    }
+
     pub fn augment(&self) -> Option<AugmentConfig> {
         (!self.no_augment).then_some(AugmentConfig {
             rotation_deg: self.rotation,
@@ -195,6 +218,20 @@ impl TrainArgs {
             problems.push(format!(
                 "--label-smoothing must be in [0, 1), got {}",
                 self.label_smoothing
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.field_augment_prob) {
+            problems.push(format!(
+                "--field-augment-prob must be in [0, 1], got {}",
+                self.field_augment_prob
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.stroke_augment_prob)
+            || self.field_augment_prob + self.stroke_augment_prob > 1.0
+        {
+            problems.push(format!(
+                "--stroke-augment-prob must be in [0, 1] and, with --field-augment-prob, at most 1; got {} and {}",
+                self.stroke_augment_prob, self.field_augment_prob
             ));
         }
         if !(0.0..=1.0).contains(&self.augment_prob) {

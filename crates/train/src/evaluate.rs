@@ -4,10 +4,12 @@
 
 use rayon::prelude::*;
 
+use crate::field::FieldRow;
 use crate::fit::{argmax, loss_and_accuracy, softmax_rows};
 use crate::model::Cnn;
+use crate::robustness::Variant;
 use mnister_core::backend::{Backend, BackendError};
-use mnister_core::preprocess::MnistImage;
+use mnister_core::preprocess::{self, Limits, MnistImage, PIXELS, SIDE};
 
 /// Batch size for evaluation runs.
 const EVAL_BATCH: usize = 256;
@@ -134,4 +136,147 @@ pub fn parity(model: &Cnn, ort_probs: &[f32], images: &[MnistImage]) -> Parity {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RobustnessTable {
     pub rows: Vec<crate::robustness::RobustnessRow>,
+}
+
+/// One row of the field table: a kind of input users send, measured
+/// through the serving path (encoded bytes, `preprocess_encoded`, ONNX
+/// Runtime), the way a served request is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FieldResult {
+    /// Stable id: a field row's name, or `served:` and a robustness variant.
+    pub row: String,
+    /// One line saying what the row does.
+    pub description: String,
+    pub images: usize,
+    /// Right answers over all images; a refused image counts as wrong.
+    pub accuracy: f64,
+    /// Images the preprocessing refused (blank, undecodable).
+    pub refused: usize,
+}
+
+/// A field row's images and what the model said about each: `probs` has 10
+/// values per image, NaN for an image the preprocessing refused.
+pub struct FieldScores {
+    pub result: FieldResult,
+    pub probs: Vec<f32>,
+}
+
+/// What each row turns an MNIST test digit into.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldInput {
+    /// A field row: the encoded bytes a user would send.
+    Field(FieldRow),
+    /// A robustness variant (rotation, zoom, shift, stroke width) of the
+    /// 28x28 digit, encoded as PNG: the existing rows, through the server.
+    Served(Variant),
+}
+
+impl FieldInput {
+    /// The field rows, then the robustness variants through the server.
+    pub fn all() -> Vec<FieldInput> {
+        FieldRow::ALL
+            .into_iter()
+            .map(FieldInput::Field)
+            .chain(
+                Variant::all()
+                    .into_iter()
+                    .filter(|v| !matches!(v, Variant::Canvas))
+                    .map(FieldInput::Served),
+            )
+            .collect()
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            FieldInput::Field(r) => r.name().to_string(),
+            FieldInput::Served(v) => format!("served: {}", v.name()),
+        }
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            FieldInput::Field(r) => r.description().to_string(),
+            FieldInput::Served(v) => format!(
+                "{} of the 28x28 digit, encoded as PNG, through the server's preprocessing",
+                v.name()
+            ),
+        }
+    }
+
+    /// The encoded bytes for test digit `index`, deterministic in `seed`.
+    pub fn render(&self, digit: &[u8; PIXELS], index: usize, seed: u64) -> Vec<u8> {
+        match self {
+            FieldInput::Field(r) => r.render(digit, index, seed),
+            FieldInput::Served(v) => {
+                let img = preprocess::normalize_mnist(digit).expect("784 bytes");
+                let out = v.apply(index, &img).unwrap_or(img);
+                png_gray(&preprocess::to_bytes(&out))
+            }
+        }
+    }
+}
+
+/// A 28x28 grey image as PNG bytes.
+pub fn png_gray(pixels: &[u8]) -> Vec<u8> {
+    let img = image::GrayImage::from_raw(SIDE as u32, SIDE as u32, pixels.to_vec())
+        .expect("28x28 pixels");
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("PNG encoding to memory");
+    out
+}
+
+/// Scores one row over `digits` (784 bytes each) through the serving path.
+pub fn field_row(
+    backend: &mut dyn Backend,
+    input: FieldInput,
+    digits: &[[u8; PIXELS]],
+    labels: &[u8],
+    seed: u64,
+) -> Result<FieldScores, BackendError> {
+    let limits = Limits::default();
+    let preprocessed: Vec<Option<MnistImage>> = digits
+        .par_iter()
+        .enumerate()
+        .map(|(i, d)| preprocess::preprocess_encoded(&input.render(d, i, seed), &limits).ok())
+        .collect();
+    let kept: Vec<MnistImage> = preprocessed.iter().flatten().copied().collect();
+    let kept_probs = predict(backend, &kept)?;
+    let mut probs = Vec::with_capacity(digits.len() * 10);
+    let mut rows = kept_probs.chunks(10);
+    let mut right = 0;
+    for (p, &label) in preprocessed.iter().zip(labels) {
+        match p {
+            Some(_) => {
+                let row = rows.next().expect("one answer per kept image");
+                right += usize::from(argmax(row) == label as usize);
+                probs.extend_from_slice(row);
+            }
+            None => probs.extend([f32::NAN; 10]),
+        }
+    }
+    let n = digits.len();
+    Ok(FieldScores {
+        result: FieldResult {
+            row: input.name(),
+            description: input.description(),
+            images: n,
+            accuracy: right as f64 / n.max(1) as f64,
+            refused: n - kept.len(),
+        },
+        probs,
+    })
+}
+
+/// Every row of the field table.
+pub fn field_table(
+    backend: &mut dyn Backend,
+    digits: &[[u8; PIXELS]],
+    labels: &[u8],
+    seed: u64,
+) -> Result<Vec<FieldScores>, BackendError> {
+    FieldInput::all()
+        .into_iter()
+        .map(|input| field_row(backend, input, digits, labels, seed))
+        .collect()
 }

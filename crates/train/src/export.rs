@@ -11,13 +11,9 @@ use burn::nn::{BatchNorm, Linear};
 use burn::tensor::Tensor;
 use prost::Message;
 
+use crate::graph::{f32_tensor, int, ints, node, value_info};
 use crate::model::{Cnn, ConvBlock};
-use crate::onnx::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
-    tensor_proto::DataType, tensor_shape_proto::Dimension, tensor_shape_proto::dimension,
-    type_proto,
-};
+use crate::onnx::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto};
 
 /// The ONNX operator set we target.
 pub const OPSET: i64 = 13;
@@ -32,77 +28,6 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .as_slice::<f32>()
         .expect("f32 tensor")
         .to_vec()
-}
-
-fn tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
-    debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.to_vec(),
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn node(
-    op: &str,
-    name: &str,
-    inputs: &[&str],
-    output: &str,
-    attrs: Vec<AttributeProto>,
-) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: attrs,
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| Dimension {
-                            value: Some(match d {
-                                Some(v) => dimension::Value::DimValue(*v),
-                                None => dimension::Value::DimParam("N".into()),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 /// Conv weights and bias with batch norm folded in:
@@ -145,6 +70,18 @@ fn linear_params(l: &Linear) -> (Vec<i64>, Vec<f32>, Vec<f32>) {
 
 /// Builds the ONNX model. `metadata` lands in `metadata_props`.
 pub fn to_onnx(model: &Cnn, metadata: &BTreeMap<String, String>) -> ModelProto {
+    to_onnx_calibrated(model, metadata, 1.0)
+}
+
+/// The graph with the logits divided by `temperature` before the softmax,
+/// folded into the last Gemm's weights and bias (W/T, b/T): the served
+/// probabilities are the calibrated ones and the graph keeps its shape.
+/// The argmax is unchanged.
+pub fn to_onnx_calibrated(
+    model: &Cnn,
+    metadata: &BTreeMap<String, String>,
+    temperature: f32,
+) -> ModelProto {
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
     let mut x = INPUT.to_string();
@@ -152,8 +89,8 @@ pub fn to_onnx(model: &Cnn, metadata: &BTreeMap<String, String>) -> ModelProto {
         let (dims, w, b) = conv_params(&block.conv, block.bn.as_ref());
         let (wn, bn) = (format!("conv{i}.weight"), format!("conv{i}.bias"));
         let cout = dims[0];
-        inits.push(tensor(&wn, &dims, w));
-        inits.push(tensor(&bn, &[cout], b));
+        inits.push(f32_tensor(&wn, &dims, &w));
+        inits.push(f32_tensor(&bn, &[cout], &b));
         let y = format!("conv{i}");
         nodes.push(node(
             "Conv",
@@ -204,10 +141,15 @@ pub fn to_onnx(model: &Cnn, metadata: &BTreeMap<String, String>) -> ModelProto {
     .into_iter()
     .enumerate()
     {
-        let (dims, w, b) = linear_params(l);
+        let (dims, mut w, mut b) = linear_params(l);
+        if i == 1 {
+            w.iter_mut()
+                .chain(b.iter_mut())
+                .for_each(|v| *v /= temperature);
+        }
         let (wn, bn) = (format!("fc{}.weight", i + 1), format!("fc{}.bias", i + 1));
-        inits.push(tensor(&wn, &dims, w));
-        inits.push(tensor(&bn, &[dims[1]], b));
+        inits.push(f32_tensor(&wn, &dims, &w));
+        inits.push(f32_tensor(&bn, &[dims[1]], &b));
         nodes.push(node(
             "Gemm",
             out,
@@ -258,5 +200,14 @@ pub fn to_onnx(model: &Cnn, metadata: &BTreeMap<String, String>) -> ModelProto {
 }
 
 pub fn to_bytes(model: &Cnn, metadata: &BTreeMap<String, String>) -> Vec<u8> {
-    to_onnx(model, metadata).encode_to_vec()
+    to_bytes_calibrated(model, metadata, 1.0)
+}
+
+/// `to_bytes` with a temperature folded in (see `to_onnx_calibrated`).
+pub fn to_bytes_calibrated(
+    model: &Cnn,
+    metadata: &BTreeMap<String, String>,
+    temperature: f32,
+) -> Vec<u8> {
+    to_onnx_calibrated(model, metadata, temperature).encode_to_vec()
 }

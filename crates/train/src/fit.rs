@@ -233,6 +233,7 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
     let val_images: Vec<MnistImage> = split.val.iter().map(|&i| image(ds, i)).collect();
     let val_labels: Vec<u8> = split.val.iter().map(|&i| ds.labels[i]).collect();
     let augment = args.augment();
+    let field = args.field_augment();
     let steps_per_epoch = train_idx.len().div_ceil(args.batch_size);
     let total_steps = steps_per_epoch * args.epochs;
     let loss_fn = CrossEntropyLossConfig::new()
@@ -287,13 +288,19 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
             let mut flat = Vec::with_capacity(batch.len() * PIXELS);
             for &i in batch {
                 let img = image(ds, i);
-                match augment {
+                let img = match augment {
                     Some(cfg) if strength > 0.0 && rng.random::<f32>() < args.augment_prob => {
-                        let a = cfg.sample(&mut rng, strength);
-                        flat.extend_from_slice(&a.warp(&img, cfg.fill));
+                        cfg.sample(&mut rng, strength).warp(&img, cfg.fill)
                     }
-                    _ => flat.extend_from_slice(&img),
-                }
+                    _ => img,
+                };
+                // Then, for a share of them, the field: degraded and sent
+                // through the serving preprocessing, or a stroke width.
+                let img = match field {
+                    Some(f) => f.apply(&img, &mut rng),
+                    None => img,
+                };
+                flat.extend_from_slice(&img);
             }
             let labels: Vec<i64> = batch.iter().map(|&i| i64::from(ds.labels[i])).collect();
             let x = Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), 1, 28, 28]), &ad);

@@ -5,14 +5,19 @@
 //! can reach into training.
 
 pub mod augment;
+pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod export;
+pub mod field;
 pub mod fit;
+mod graph;
 pub mod model;
+pub mod nondigit;
 pub mod onnx;
 pub mod quantize;
 pub mod report;
 pub mod robustness;
 pub mod run;
+pub mod score;

@@ -12,12 +12,12 @@ use crate::evaluate::{Misclassified, TestMetrics};
 use crate::fit::EpochStats;
 use mnister_core::preprocess::{MnistImage, SIDE};
 
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 
 /// One number picked out of an epoch's statistics.
 type Metric = fn(&EpochStats) -> f64;
 
-fn fonts() {
+pub fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())

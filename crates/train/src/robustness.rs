@@ -78,7 +78,7 @@ impl Variant {
 }
 
 /// Grayscale dilation (3x3 max) or erosion (plus-shaped min).
-fn morph(img: &MnistImage, dilate: bool) -> MnistImage {
+pub(crate) fn morph(img: &MnistImage, dilate: bool) -> MnistImage {
     let mut out = [0f32; PIXELS];
     for y in 0..SIDE as i32 {
         for x in 0..SIDE as i32 {

@@ -12,18 +12,22 @@ use rand::rngs::StdRng;
 use sha2::{Digest, Sha256};
 
 use crate::augment::AugmentConfig;
+use crate::calibrate::{self, Calibration};
 use crate::config::TrainArgs;
-use crate::evaluate::{self, Parity, RobustnessTable, TestMetrics};
+use crate::evaluate::{self, FieldResult, Parity, RobustnessTable, TestMetrics};
 use crate::fit::{self, EpochStats};
+use crate::nondigit::{self, NonDigit, NonDigitRow};
 use crate::robustness::{self, RobustnessRow, Variant};
 use crate::{data, export, model::Cnn, report};
 use mnister_core::backend::Backend;
 use mnister_core::backend::ort::{init_runtime, open_model};
 use mnister_core::idx::{Dataset, Split, load_mnist};
-use mnister_core::preprocess::MnistImage;
+use mnister_core::preprocess::{self, MnistImage, PIXELS};
 
 /// Images compared between burn and ONNX Runtime (the bar asks for ≥ 1,000).
 const PARITY_IMAGES: usize = 2000;
+/// The field rows' seed: fixed, so every report renders the same images.
+pub const FIELD_SEED: u64 = 20261130;
 
 /// Everything report.json holds.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -50,6 +54,16 @@ pub struct Report {
     pub val_accuracy: f64,
     pub test: TestMetrics,
     pub robustness: Vec<RobustnessRow>,
+    /// Field rows, through the serving path (`evaluate::field_table`).
+    #[serde(default)]
+    pub field: Vec<FieldResult>,
+    /// The temperature folded into the model, calibration error and the
+    /// reject option's thresholds.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    /// What the reject thresholds catch of inputs that are not digits.
+    #[serde(default)]
+    pub nondigit: Vec<NonDigitRow>,
     pub parity: Parity,
     pub onnx_sha256: String,
     pub wall_seconds: f64,
@@ -105,6 +119,32 @@ fn metadata(args: &TrainArgs, r: &Report) -> BTreeMap<String, String> {
             format!("accuracy.robustness.{}", row.variant),
             format!("{:.6}", row.accuracy),
         );
+    }
+    for row in &r.field {
+        m.insert(
+            format!("accuracy.field.{}", row.row),
+            format!("{:.6}", row.accuracy),
+        );
+    }
+    if let Some(c) = &r.calibration {
+        m.insert(
+            "calibration.temperature".into(),
+            format!("{:.6}", c.temperature),
+        );
+        for (target, th) in c.targets.iter().zip(&c.thresholds) {
+            if let Some(th) = th {
+                m.insert(
+                    format!("calibration.threshold.{}", target * 100.0),
+                    format!("{th:.6}"),
+                );
+            }
+        }
+        for set in &c.sets {
+            m.insert(
+                format!("calibration.ece.{}", set.set),
+                format!("{:.6} -> {:.6}", set.ece_before, set.ece_after),
+            );
+        }
     }
     for (k, v) in &r.dataset {
         m.insert(format!("dataset.{k}"), v.clone());
@@ -215,6 +255,9 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         history: outcome.state.history.clone(),
         test: evaluate::test_metrics(&[], &[]),
         robustness: Vec::new(),
+        field: Vec::new(),
+        calibration: None,
+        nondigit: Vec::new(),
         parity: Parity {
             images: 0,
             max_abs_diff: 0.0,
@@ -232,7 +275,6 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     let (_, mut backend) =
         open_model(env, &onnx_path, bytes, 2).context("the exporter wrote an invalid model")?;
     let probs = evaluate::predict(&mut backend, &test_images)?;
-    report.test = evaluate::test_metrics(&probs, test_labels);
     let n_parity = PARITY_IMAGES.min(n_test);
     report.parity = evaluate::parity(
         &outcome.best,
@@ -240,15 +282,78 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         &test_images[..n_parity],
     );
     report.robustness = robustness_table(&mut backend, &test_images, test_labels)?.rows;
+    let digits: Vec<[u8; PIXELS]> = test_images
+        .iter()
+        .map(|img| preprocess::to_bytes(img).try_into().expect("784 values"))
+        .collect();
+    let field = evaluate::field_table(&mut backend, &digits, test_labels, FIELD_SEED)?;
+
+    // Confidence: one temperature and the reject thresholds, fitted on the
+    // validation digits as they are and as the field rows render them.
+    let (val_probs, val_labels) = calibration_set(&mut backend, &train, &split.val)?;
+    let mut sets = vec![(
+        "MNIST test".to_string(),
+        probs.clone(),
+        test_labels.to_vec(),
+    )];
+    sets.extend(
+        field
+            .iter()
+            .map(|f| (f.result.row.clone(), f.probs.clone(), test_labels.to_vec())),
+    );
+    let cal = calibrate::calibrate(
+        (
+            "validation (clean + field renderings)",
+            &val_probs,
+            &val_labels,
+        ),
+        &sets,
+    );
+    let t = cal.temperature;
+    calibrate::reliability_diagram(
+        &args.out.join("reliability-validation.png"),
+        "validation (clean + field renderings)",
+        &val_probs,
+        &val_labels,
+        t,
+    )?;
+    calibrate::reliability_diagram(
+        &args.out.join("reliability-test.png"),
+        "MNIST test",
+        &probs,
+        test_labels,
+        t,
+    )?;
+    let (field_probs, field_labels): (Vec<f32>, Vec<u8>) = field
+        .iter()
+        .filter(|f| !f.result.row.starts_with("served:"))
+        .fold((Vec::new(), Vec::new()), |(mut p, mut l), f| {
+            p.extend_from_slice(&f.probs);
+            l.extend_from_slice(test_labels);
+            (p, l)
+        });
+    calibrate::reliability_diagram(
+        &args.out.join("reliability-field.png"),
+        "the field rows, pooled",
+        &field_probs,
+        &field_labels,
+        t,
+    )?;
+    report.nondigit = nondigit_table(&mut backend, &digits, &cal)?;
+    // The report describes the model as shipped, with the temperature.
+    report.test = evaluate::test_metrics(&calibrate::with_temperature(&probs, t), test_labels);
+    report.field = field.into_iter().map(|f| f.result).collect();
+    report.calibration = Some(cal);
 
     let mut meta = metadata(args, &report);
-    let weights_hash = hex::encode(Sha256::digest(export::to_bytes(
+    let weights_hash = hex::encode(Sha256::digest(export::to_bytes_calibrated(
         &outcome.best,
         &BTreeMap::new(),
+        t,
     )));
     report.version = format!("{}-{}", args.arch.name(), &weights_hash[..10]);
     meta.insert("version".into(), report.version.clone());
-    let bytes = export::to_bytes(&outcome.best, &meta);
+    let bytes = export::to_bytes_calibrated(&outcome.best, &meta, t);
     report.onnx_sha256 = hex::encode(Sha256::digest(&bytes));
     std::fs::write(&onnx_path, &bytes)
         .with_context(|| format!("writing {}", onnx_path.display()))?;
@@ -293,6 +398,84 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     )?;
     std::fs::write(args.out.join("report.md"), markdown(&report))?;
     Ok(report)
+}
+
+/// The calibration set: the validation digits as they are, and each field
+/// row's rendering of a stratified sample of them (seeded apart from the
+/// test renderings). Returns (probabilities, labels).
+fn calibration_set(
+    backend: &mut dyn Backend,
+    train: &Dataset,
+    val: &[usize],
+) -> Result<(Vec<f32>, Vec<u8>)> {
+    let images: Vec<MnistImage> = val.iter().map(|&i| data::image(train, i)).collect();
+    let labels: Vec<u8> = val.iter().map(|&i| train.labels[i]).collect();
+    let mut probs = evaluate::predict(backend, &images)?;
+    let mut all_labels = labels.clone();
+    let sample = data::stratified_subset(val, &train.labels, 2000.min(val.len()), FIELD_SEED);
+    let digits: Vec<[u8; PIXELS]> = sample
+        .iter()
+        .map(|&i| train.images.image(i).try_into().expect("784 values"))
+        .collect();
+    let sample_labels: Vec<u8> = sample.iter().map(|&i| train.labels[i]).collect();
+    for row in crate::field::FieldRow::ALL {
+        let s = evaluate::field_row(
+            backend,
+            evaluate::FieldInput::Field(row),
+            &digits,
+            &sample_labels,
+            FIELD_SEED + 1,
+        )?;
+        probs.extend(s.probs);
+        all_labels.extend_from_slice(&sample_labels);
+    }
+    Ok((probs, all_labels))
+}
+
+/// Images per non-digit set.
+const NONDIGIT_IMAGES: usize = 1000;
+
+/// Each non-digit set through the serving path: the share each threshold of
+/// `cal` keeps from being answered as a digit.
+pub fn nondigit_table(
+    backend: &mut dyn Backend,
+    digits: &[[u8; PIXELS]],
+    cal: &Calibration,
+) -> Result<Vec<NonDigitRow>> {
+    use rayon::prelude::*;
+    let limits = preprocess::Limits::default();
+    let mut rows = Vec::new();
+    for kind in NonDigit::ALL {
+        let images = nondigit::render(kind, NONDIGIT_IMAGES, FIELD_SEED, digits);
+        let pre: Vec<Option<MnistImage>> = images
+            .par_iter()
+            .map(|b| preprocess::preprocess_encoded(b, &limits).ok())
+            .collect();
+        let kept: Vec<MnistImage> = pre.iter().flatten().copied().collect();
+        let probs =
+            calibrate::with_temperature(&evaluate::predict(backend, &kept)?, cal.temperature);
+        let conf: Vec<f32> = probs
+            .chunks_exact(10)
+            .map(|p| p.iter().cloned().fold(0.0, f32::max))
+            .collect();
+        let n = images.len();
+        let refused = n - kept.len();
+        let caught = cal
+            .thresholds
+            .iter()
+            .map(|t| {
+                let below = t.map_or(0, |t| conf.iter().filter(|&&c| c < t).count());
+                (refused + below) as f64 / n.max(1) as f64
+            })
+            .collect();
+        rows.push(NonDigitRow {
+            set: kind.name().to_string(),
+            images: n,
+            refused,
+            caught,
+        });
+    }
+    Ok(rows)
 }
 
 /// Scores every robustness variant through the backend.
@@ -369,6 +552,10 @@ pub fn summary(r: &Report) -> String {
     for row in &r.robustness {
         let _ = writeln!(s, "  {:<58} {:.4}", row.variant, row.accuracy);
     }
+    let _ = writeln!(s, "field rows (through the serving path):");
+    for row in &r.field {
+        let _ = writeln!(s, "  {:<58} {:.4}", row.row, row.accuracy);
+    }
     let _ = writeln!(
         s,
         "parity burn vs ONNX Runtime on {} images: max |Δp| {:.2e}, argmax agreement {:.4}",
@@ -432,6 +619,68 @@ pub fn markdown(r: &Report) -> String {
     );
     for row in &r.robustness {
         let _ = writeln!(s, "| {} | {} |", row.variant, pct(row.accuracy));
+    }
+    let _ = writeln!(
+        s,
+        "\n### Field rows (MNIST test digits as users send them: encoded bytes, the server's preprocessing, ONNX Runtime)\n\n| row | accuracy | refused | what it is |\n|---|---|---|---|"
+    );
+    for row in &r.field {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            row.row,
+            pct(row.accuracy),
+            row.refused,
+            row.description
+        );
+    }
+    if let Some(c) = &r.calibration {
+        let _ = writeln!(
+            s,
+            "\n### Confidence\n\nTemperature **{:.3}**, fitted on the validation digits and their field renderings, folded into the exported model (the last layer's weights and bias divided by it). Expected calibration error (15 bins) before and after, and the reject option: for each kept-accuracy target, the confidence threshold chosen on validation, and the share of answers it keeps (coverage) and their accuracy on each set.\n",
+            c.temperature
+        );
+        let mut head = String::from("| set | ECE before | ECE after |");
+        let mut line = String::from("|---|---|---|");
+        for (target, th) in c.targets.iter().zip(&c.thresholds) {
+            let th = th.map_or("none".to_string(), |t| format!("{t:.4}"));
+            head += &format!(
+                " {}% kept (t = {th}): coverage / accuracy |",
+                target * 100.0
+            );
+            line += "---|";
+        }
+        let _ = writeln!(s, "{head}\n{line}");
+        for set in &c.sets {
+            let mut row = format!(
+                "| {} | {:.2}% | {:.2}% |",
+                set.set,
+                set.ece_before * 100.0,
+                set.ece_after * 100.0
+            );
+            for (cov, acc) in &set.kept {
+                row += &format!(" {:.1}% / {:.2}% |", cov * 100.0, acc * 100.0);
+            }
+            let _ = writeln!(s, "{row}");
+        }
+        let _ = writeln!(
+            s,
+            "\nNot a digit: the share of each set the thresholds above keep from being answered as a digit (refused as blank, or below the threshold). Digit-like letters are reported apart and are not misses.\n"
+        );
+        let mut head = String::from("| set | images | refused |");
+        let mut line = String::from("|---|---|---|");
+        for target in &c.targets {
+            head += &format!(" caught at {}% |", target * 100.0);
+            line += "---|";
+        }
+        let _ = writeln!(s, "{head}\n{line}");
+        for r in &r.nondigit {
+            let mut row = format!("| {} | {} | {} |", r.set, r.images, r.refused);
+            for c in &r.caught {
+                row += &format!(" {:.1}% |", c * 100.0);
+            }
+            let _ = writeln!(s, "{row}");
+        }
     }
     let _ = writeln!(
         s,

@@ -9,6 +9,7 @@ use clap::Parser;
 use mnister_train::config::TrainArgs;
 use mnister_train::quantize::{self, QuantizeArgs};
 use mnister_train::run;
+use mnister_train::score::{self, EvaluateArgs};
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -25,6 +26,13 @@ fn main() -> Result<()> {
         );
         let report = quantize::run(&args)?;
         print!("{}", quantize::markdown(&report));
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("evaluate") {
+        let args = EvaluateArgs::parse_from(
+            std::iter::once("mnister-train evaluate".to_string()).chain(std::env::args().skip(2)),
+        );
+        print!("{}", score::markdown(&score::run(&args)?));
         return Ok(());
     }
     let args = TrainArgs::parse();

@@ -1,0 +1,141 @@
+//! `mnister-train evaluate`: scores any model file on MNIST test and on the
+//! field rows, through the serving path (encoded bytes, the server's
+//! preprocessing, ONNX Runtime). The trainer's report uses the same code.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use mnister_core::backend::ort::{OrtBackend, init_runtime, load_model};
+use mnister_core::idx::{Split, load_mnist};
+use mnister_core::preprocess::{PIXELS, normalize_mnist};
+
+use crate::evaluate::{self, FieldInput, FieldResult};
+use crate::fit::argmax;
+
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
+#[command(
+    name = "mnister-train evaluate",
+    about = "Scores ONNX models on MNIST test and on the field rows, through the server's preprocessing"
+)]
+pub struct EvaluateArgs {
+    /// ONNX model files to score.
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+
+    /// Folder with the MNIST IDX files (plain or .gz). Never downloaded.
+    #[arg(long, env = "MNIST_DIR", default_value = "data/mnist")]
+    pub data_dir: PathBuf,
+
+    /// Score the field rows (on by default; --field=false for MNIST only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub field: bool,
+
+    /// Only these rows (names as in the table), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+
+    /// Only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    /// Seed of the field rows' random parameters.
+    #[arg(long, default_value_t = 20261130)]
+    pub seed: u64,
+
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    #[arg(long, env = "MNISTER_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// One model's scores.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelScores {
+    pub model: String,
+    pub version: String,
+    pub mnist_test: f64,
+    pub field: Vec<FieldResult>,
+}
+
+pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
+    let env = init_runtime(args.ort_lib.as_deref())?;
+    let test = load_mnist(&args.data_dir, Split::Test)?;
+    let n = args.limit.unwrap_or(test.len()).min(test.len());
+    let digits: Vec<[u8; PIXELS]> = (0..n)
+        .map(|i| test.images.image(i).try_into().expect("28x28"))
+        .collect();
+    let labels = &test.labels[..n];
+    let tensors: Vec<_> = digits
+        .iter()
+        .map(|d| normalize_mnist(d).expect("784 bytes"))
+        .collect();
+    let inputs: Vec<FieldInput> = FieldInput::all()
+        .into_iter()
+        .filter(|i| args.field && (args.rows.is_empty() || args.rows.contains(&i.name())))
+        .collect();
+    let mut out = Vec::new();
+    for path in &args.models {
+        let model = load_model(env, path).with_context(|| format!("loading {}", path.display()))?;
+        let mut backend = OrtBackend::for_model(env, &model, 2)?;
+        let probs = evaluate::predict(&mut backend, &tensors)?;
+        let right = probs
+            .chunks(10)
+            .zip(labels)
+            .filter(|(p, l)| argmax(p) == **l as usize)
+            .count();
+        let mut field = Vec::new();
+        for input in &inputs {
+            let t = std::time::Instant::now();
+            let scores = evaluate::field_row(&mut backend, *input, &digits, labels, args.seed)?;
+            tracing::info!(
+                row = %scores.result.row,
+                accuracy = scores.result.accuracy,
+                secs = t.elapsed().as_secs_f32(),
+                "scored"
+            );
+            field.push(scores.result);
+        }
+        out.push(ModelScores {
+            model: path.display().to_string(),
+            version: model.version(),
+            mnist_test: right as f64 / n.max(1) as f64,
+            field,
+        });
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(out)
+}
+
+/// The scores as a Markdown table, one column per model.
+pub fn markdown(scores: &[ModelScores]) -> String {
+    let mut s = String::from("| row |");
+    for m in scores {
+        s += &format!(" {} |", m.version);
+    }
+    s += "\n|---|";
+    s += &"---|".repeat(scores.len());
+    s += "\n| MNIST test (tensors) |";
+    for m in scores {
+        s += &format!(" {:.2}% |", m.mnist_test * 100.0);
+    }
+    s += "\n";
+    let rows = scores.first().map(|m| m.field.len()).unwrap_or(0);
+    for r in 0..rows {
+        s += &format!("| {} |", scores[0].field[r].row);
+        for m in scores {
+            let f = &m.field[r];
+            s += &format!(" {:.2}%", f.accuracy * 100.0);
+            if f.refused > 0 {
+                s += &format!(" ({} refused)", f.refused);
+            }
+            s += " |";
+        }
+        s += "\n";
+    }
+    s
+}

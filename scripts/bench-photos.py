@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The photo path (issue 18): server time for one dark-on-light JPEG digit
+photo at 640x480, 1920x1080 and 4000x3000 (12 MP), as `mnister classify`
+reports it ("server us", the server's own total for the request: decode,
+preprocessing, queue, inference).
+
+The photos are the benchmark's own, generated here (seeded): an MNIST test
+digit scaled to a fifth of the frame's height, dark ink on paper lit
+unevenly, sensor noise, JPEG quality 90 with 4:2:0 chroma, as a phone writes.
+
+Usage: scripts/bench-photos.py [--runs 7] [--out runs/bench-photos]
+Needs a release build (target/release/mnister-server, mnister) and Pillow
+(scripts/bench-requirements.txt). Run on an idle machine.
+"""
+import argparse, gzip, json, os, random, re, signal, socket, statistics, subprocess, sys, time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+SIZES = [(640, 480), (1920, 1080), (4000, 3000)]
+
+
+def digit(i):
+    raw = gzip.open(os.path.join(ROOT, "tests/data/mnist/t10k-images-idx3-ubyte.gz")).read()
+    return np.frombuffer(raw[16 + 784 * i:16 + 784 * (i + 1)], dtype=np.uint8).reshape(28, 28)
+
+
+def photo(w, h, seed, label_index=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 150 + 85 * (0.6 * xx / w + 0.4 * (1 - yy / h))
+    paper = light[..., None] * np.array([1.0, 0.97, 0.9], dtype=np.float32)
+    side = h // 5
+    d = Image.fromarray(digit(label_index)).resize((side, side), Image.BILINEAR)
+    ink = np.asarray(d, dtype=np.float32) / 255.0
+    x0, y0 = int(w * 0.55), int(h * 0.3)
+    region = paper[y0:y0 + side, x0:x0 + side]
+    paper[y0:y0 + side, x0:x0 + side] = region * (1 - ink[..., None]) + 40 * ink[..., None]
+    paper += rng.normal(0, 5, paper.shape).astype(np.float32)
+    return Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8), "RGB")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench-photos"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    files = []
+    for w, h in SIZES:
+        p = os.path.join(a.out, f"photo-{w}x{h}.jpg")
+        photo(w, h, seed=w).save(p, quality=90, subsampling=2)
+        files.append(p)
+    grpc = free_port()
+    server = subprocess.Popen(
+        [f"{REL}/mnister-server", "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr", "127.0.0.1:0",
+         "--metrics-addr", "127.0.0.1:0", "--max-image-bytes", str(16 << 20), "--max-message-bytes", str(17 << 20)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in server.stderr:
+        if "serving" in line and "startup_ms" in line:
+            break
+    rows = []
+    try:
+        for p, (w, h) in zip(files, SIZES):
+            us, digits = [], []
+            for _ in range(a.runs):
+                out = subprocess.run([f"{REL}/mnister", "--addr", f"http://127.0.0.1:{grpc}", "classify", "--json", p],
+                                     capture_output=True, text=True, check=True).stdout
+                r = json.loads(out.splitlines()[-1])
+                us.append(r["server_us"])
+                digits.append(r["digit"])
+            rows.append({"size": f"{w}x{h}", "bytes": os.path.getsize(p), "server_ms_median": statistics.median(us) / 1000,
+                         "server_ms_min": min(us) / 1000, "server_ms_max": max(us) / 1000, "digits": sorted(set(digits))})
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+    simd = " ".join(f for f in ["avx2", "avx512f", "avx512_vnni", "avx_vnni"] if f" {f}" in flags)
+    print(f"machine: {os.cpu_count()} cores, {cpu} ({simd}); command: scripts/bench-photos.py --runs {a.runs}")
+    print("| photo | JPEG bytes | server ms, median | min | max | digit (label 7) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['bytes']:,} | {r['server_ms_median']:.1f} | {r['server_ms_min']:.1f} | {r['server_ms_max']:.1f} | {r['digits']} |")
+    json.dump(rows, open(os.path.join(a.out, "results.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
