@@ -62,5 +62,21 @@ grace = secs(cm["MNISTER_SHUTDOWN_GRACE"])
 assert spec["terminationGracePeriodSeconds"] > pre_stop + grace, \
     f"terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} <= preStop {pre_stop} + shutdown grace {grace}"
 assert "MNISTER_MAX_CONNECTION_AGE" in cm, "set the connection age: clients of the headless Service re-resolve only on GOAWAY"
+# The tracing profile: the collector's pipelines name only components it
+# defines, it forwards to the Tempo service compose runs, and Tempo listens
+# where the collector sends and where Grafana's datasource reads.
+col = yaml.safe_load(open("deploy/otel/collector.yaml"))
+for name, pipe in col["service"]["pipelines"].items():
+    for kind in ("receivers", "processors", "exporters"):
+        for c in pipe.get(kind, []):
+            assert c in col[kind], f"collector pipeline {name} names undefined {kind[:-1]} {c}"
+compose = yaml.safe_load(open("deploy/compose.yaml"))
+tempo = yaml.safe_load(open("deploy/tempo/tempo.yaml"))
+assert col["exporters"]["otlp/tempo"]["endpoint"] == "tempo:4317" and "tempo" in compose["services"]
+assert tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+ds = yaml.safe_load(open("deploy/grafana/provisioning/datasources/tempo.yml"))["datasources"][0]
+assert ds["url"].endswith(f":{tempo['server']['http_listen_port']}"), "Grafana reads Tempo elsewhere"
+for svc in ("otel-collector", "tempo"):
+    assert compose["services"][svc]["profiles"] == ["tracing"]
 print(f"manifests: {len(used)} variables the server reads; grace {spec['terminationGracePeriodSeconds']} s > preStop {pre_stop:g} s + shutdown {grace:g} s")
 PY

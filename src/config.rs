@@ -11,6 +11,7 @@ use mnister_core::engine::EngineConfig;
 use mnister_core::preprocess::Limits;
 
 use crate::frontend::ServerLimits;
+use crate::telemetry::LogFormat;
 
 /// Flags that contradict each other or are out of range, all of them at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +211,32 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_MAX_CONNECTION_IDLE", default_value = "10m", value_parser = duration)]
     pub max_connection_idle: Duration,
 
+    /// Log lines as text (for a terminal) or as one JSON object per line
+    /// (for a log pipeline; inside a traced request each line carries its
+    /// trace_id and span_id).
+    #[arg(long, value_enum, env = "MNISTER_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317. Off when unset.
+    #[arg(long, env = "MNISTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The traces' service.name.
+    #[arg(long, env = "MNISTER_OTLP_SERVICE_NAME", default_value = "mnister")]
+    pub otlp_service_name: String,
+
+    /// Share of traces kept when the caller has not decided; a caller's W3C
+    /// sampled flag is always followed (parent-based sampling).
+    #[arg(long, env = "MNISTER_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+
+    /// In a stream, one frame in this many gets its own span under the
+    /// stream's (the first frame always does), so that a bulk job of
+    /// 100,000 frames exports about 1,000 frame spans, not 100,000.
+    #[arg(long, env = "MNISTER_TRACE_STREAM_FRAMES_EVERY", default_value_t = 100)]
+    pub trace_stream_frames_every: u64,
+
     /// Close a connection whose TLS handshake, HTTP/2 preface or first
     /// HTTP/1 request has not arrived within this.
     #[arg(long, env = "MNISTER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = duration)]
@@ -234,6 +261,15 @@ impl ServerArgs {
         }
         if self.intra_threads == 0 {
             p.push("--intra-threads must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            p.push(format!(
+                "--trace-sample-ratio must be in [0, 1], got {}",
+                self.trace_sample_ratio
+            ));
+        }
+        if self.trace_stream_frames_every == 0 {
+            p.push("--trace-stream-frames-every must be at least 1".into());
         }
         if self.handshake_timeout.is_zero() {
             p.push("--handshake-timeout must be above 0 (e.g. 5s)".into());
@@ -327,6 +363,7 @@ impl ServerArgs {
             queue_policy: self.queue_policy,
             default_min_confidence: self.min_confidence,
             connections: self.connection_limits(),
+            trace_stream_frames_every: self.trace_stream_frames_every,
         }
     }
 }

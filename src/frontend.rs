@@ -39,6 +39,8 @@ pub struct ServerLimits {
     pub default_min_confidence: f32,
     /// Connection age, idle and handshake limits of every port.
     pub connections: crate::conn::ConnectionLimits,
+    /// One stream frame in this many gets a span.
+    pub trace_stream_frames_every: u64,
 }
 
 /// The state every front end shares: the engine (None until the model is
@@ -88,8 +90,13 @@ impl ServerState {
         let code = result
             .as_ref()
             .map_or_else(ServiceError::code, |_| Code::Ok);
+        let secs = started.elapsed().as_secs_f64();
         counter!(m::REQUESTS, "rpc" => rpc, "code" => code_label(code)).increment(1);
-        histogram!(m::REQUEST_DURATION, "rpc" => rpc).record(started.elapsed().as_secs_f64());
+        histogram!(m::REQUEST_DURATION, "rpc" => rpc).record(secs);
+        match &result {
+            Ok(_) => tracing::debug!(rpc, ms = secs * 1e3, "answered"),
+            Err(e) => tracing::debug!(rpc, code = code_label(code), error = %e, "failed"),
+        }
         result
     }
 

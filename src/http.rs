@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use mnister_core::engine::{Classification, Input, Options, Traffic};
+use tracing::Instrument;
 
 use crate::auth::RequireToken;
 use crate::error::{ServiceError, code_label};
@@ -124,6 +125,15 @@ async fn classify(
     body: Bytes,
 ) -> Response {
     let deadline = state.deadline(None);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = "HttpClassify",
+        otel.kind = "server",
+        rpc = "HttpClassify",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::adopt(&span, &crate::telemetry::Headers(&headers));
     let result = state
         .call("HttpClassify", |engine| async move {
             let r = parse_request(q, &headers, body)?;
@@ -135,7 +145,9 @@ async fn classify(
             let c = engine.classify(r.input, opts).await?;
             Ok(to_json(r.id, c))
         })
+        .instrument(span.clone())
         .await;
+    let _response = tracing::info_span!(parent: &span, "response").entered();
     match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => ApiError(e).into_response(),

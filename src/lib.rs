@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod proto;
 pub mod reload;
 pub mod server;
+pub mod telemetry;
 
 pub use mnister_core as core;

@@ -104,6 +104,7 @@ fn tls_acceptor(args: &ServerArgs) -> Result<Option<TlsAcceptor>> {
 pub async fn serve(
     args: ServerArgs,
     process_start: Instant,
+    telemetry: &crate::telemetry::Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     args.validate()?;
@@ -239,6 +240,16 @@ pub async fn serve(
         startup_ms = process_start.elapsed().as_millis() as u64,
         "serving"
     );
+    // An empty value (compose's default) is off, like no value.
+    if let Some(endpoint) = args.otlp_endpoint.as_ref().filter(|e| !e.is_empty()) {
+        telemetry.start_export(&crate::telemetry::ExportConfig {
+            endpoint: endpoint.clone(),
+            service_name: args.otlp_service_name.clone(),
+            model_version: engine.version.to_string(),
+            precision: engine.model_labels().precision.to_string(),
+        })?;
+        tracing::info!(%endpoint, ratio = args.trace_sample_ratio, "exporting traces over OTLP");
+    }
     state.engine.store(Some(Arc::new(engine)));
     reloader.on_sighup();
     if args.watch_model {
@@ -287,6 +298,8 @@ pub async fn serve(
     if let Some(engine) = state.engine.swap(None).and_then(Arc::into_inner) {
         let _ = tokio::task::spawn_blocking(move || Engine::shutdown(engine)).await;
     }
+    // The spans of the last requests, if a collector takes them.
+    telemetry.shutdown(std::time::Duration::from_secs(2));
     Ok(())
 }
 

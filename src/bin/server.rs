@@ -7,15 +7,13 @@ use mnister::config::ServerArgs;
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = ServerArgs::parse();
+    let traces = args
+        .otlp_endpoint
+        .as_ref()
+        .filter(|e| !e.is_empty())
+        .map(|_| args.trace_sample_ratio);
+    let telemetry = mnister::telemetry::init(args.log_format, traces);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mnister-rt")
@@ -24,6 +22,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(mnister::server::serve(
         args,
         started,
+        &telemetry,
         mnister::server::termination_signal(),
     )) {
         Ok(()) => std::process::ExitCode::SUCCESS,

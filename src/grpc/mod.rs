@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::frontend::ServerState;
@@ -36,12 +37,49 @@ where
     Fut: Future<Output = Result<Resp, ServiceError>>,
 {
     let deadline = state.deadline(client_deadline(request.metadata()));
+    let span = request_span(rpc, request.metadata());
     let req = request.into_inner();
-    state
+    let result = state
         .call(rpc, |engine| f(engine, req, deadline))
-        .await
-        .map(Response::new)
-        .map_err(Status::from)
+        .instrument(span.clone())
+        .await;
+    let _response = tracing::info_span!(parent: &span, "response").entered();
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// A call's server span: a child of the caller's span when its metadata
+/// carries a W3C `traceparent`.
+fn request_span(rpc: &'static str, meta: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = rpc,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc = rpc,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::adopt(&span, &Metadata(meta));
+    span
+}
+
+/// gRPC metadata as OpenTelemetry's propagators read it.
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// What a frame's answer may need besides its result.
@@ -78,10 +116,21 @@ where
 {
     state.engine().map_err(Status::from)?;
     let call_deadline = client_deadline(request.metadata());
+    let stream_span = request_span(rpc, request.metadata());
+    let every = state.limits.trace_stream_frames_every.max(1);
+    let seq = std::sync::atomic::AtomicU64::new(0);
     let (state, handle, answer) = (state.clone(), Arc::new(handle), Arc::new(answer));
     let window = state.limits.max_frames_in_flight;
     let out = ordered_stream(request.into_inner(), window, move |frame: Req| {
         let (state, handle, answer) = (state.clone(), handle.clone(), answer.clone());
+        // One frame in `every` is traced, under the stream's span; the
+        // others create no span at all.
+        let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = if n.is_multiple_of(every) {
+            tracing::info_span!(parent: &stream_span, "frame", frame = n, id = frame.id())
+        } else {
+            tracing::Span::none()
+        };
         async move {
             let deadline = state.frame_deadline(call_deadline);
             let mut meta = FrameMeta {
@@ -96,6 +145,7 @@ where
                 .await;
             answer(result, meta)
         }
+        .instrument(span)
     });
     Ok(Response::new(Box::pin(out)))
 }

@@ -76,6 +76,20 @@ impl TestServer {
     /// Starts the server with its gRPC port at `grpc_addr` (a replica
     /// restarted on the port its clients know).
     pub fn start_on(model: &std::path::Path, grpc_addr: &str, extra: &[&str]) -> TestServer {
+        Self::spawn(model, grpc_addr, &[], extra)
+    }
+
+    /// Starts the server with extra environment variables (RUST_LOG...).
+    pub fn start_with_env(env: &[(&str, &str)], extra: &[&str]) -> TestServer {
+        Self::spawn(&default_model(), "127.0.0.1:0", env, extra)
+    }
+
+    fn spawn(
+        model: &std::path::Path,
+        grpc_addr: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnister-server"));
         cmd.args([
             "--grpc-addr",
@@ -89,6 +103,7 @@ impl TestServer {
         .arg(model)
         .args(extra)
         .env("RUST_LOG", "info,ort=warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning mnister-server");
@@ -109,7 +124,16 @@ impl TestServer {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        // The listening line, as text (`grpc_addr=...`) or JSON.
+        let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
         let field = |name: &str| -> SocketAddr {
+            if let Some(v) = &json {
+                return v["fields"][name]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name} in {line}"))
+                    .parse()
+                    .unwrap();
+            }
             let at = line
                 .find(&format!("{name}="))
                 .unwrap_or_else(|| panic!("{name} in {line}"));

@@ -55,13 +55,13 @@ fn every_field_row_reads_through_the_serving_path() {
 /// preprocessing or a weaker model fails.
 fn floor(row: FieldRow) -> usize {
     match row {
-        FieldRow::Scan8x8Grey17 => 270,     // [277]
-        FieldRow::Scan16Grey => 290,        // [297]
-        FieldRow::Scan16Binary => 288,      // [295]
-        FieldRow::Scan32Binary => 290,      // [297]
-        FieldRow::Stretched16Binary => 250, // [258]
-        FieldRow::ThinPen => 290,           // [297]
-        FieldRow::ThickMarker => 215,       // [223]
+        FieldRow::Scan8x8Grey17 => 288,     // [294]
+        FieldRow::Scan16Grey => 295,        // [300]
+        FieldRow::Scan16Binary => 294,      // [300]
+        FieldRow::Scan32Binary => 295,      // [300]
+        FieldRow::Stretched16Binary => 289, // [295]
+        FieldRow::ThinPen => 292,           // [298]
+        FieldRow::ThickMarker => 282,       // [289]
         FieldRow::Photo => 284,             // [291]
     }
 }

@@ -23,4 +23,5 @@ mod replicas;
 mod security;
 mod server;
 mod soak;
+mod traces;
 mod train_smoke;

@@ -193,6 +193,7 @@ proptest! {
                                     reply: tx,
                                     permit: batcher.try_admit(1).expect("room"),
                                     traffic: if id % 3 == 0 { Traffic::Bulk } else { Traffic::Interactive },
+                                    trace: mnister_core::trace::JobTrace::none(),
                                 });
                                 waits.push((id, poison, rx));
                             }

@@ -130,6 +130,8 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Inference, BatchError>>,
     pub permit: OwnedSemaphorePermit,
     pub traffic: Traffic,
+    /// The request's spans (disabled when it is not traced).
+    pub trace: crate::trace::JobTrace,
 }
 
 /// Both lanes' senders; dropped together, which is how workers learn to stop.
@@ -381,6 +383,7 @@ fn worker(
         for job in &batch {
             input.extend_from_slice(&job.image[..]);
         }
+        let _trace = crate::trace::BatchTrace::start(&mut batch);
         let started = Instant::now();
         let result = backend.infer(&input, n);
         let inference_time = started.elapsed();
@@ -458,6 +461,7 @@ mod tests {
             reply,
             permit: b.try_admit(1).expect("room in the queue"),
             traffic,
+            trace: crate::trace::JobTrace::none(),
         });
         rx
     }

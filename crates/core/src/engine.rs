@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use metrics::{counter, gauge, histogram};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tracing::Instrument;
 
 use crate::backend::model::{self, ModelError};
 use crate::backend::ort::{OrtBackend, RuntimeError, init_runtime};
@@ -17,6 +18,7 @@ use crate::backend::{Backend, CLASSES, ModelFile};
 use crate::batcher::{BatchError, Batcher, BatcherConfig, Job};
 use crate::metrics as m;
 use crate::preprocess::{self, Limits, MnistImage, PIXELS, PreprocessError};
+use crate::trace;
 
 pub use crate::batcher::Traffic;
 
@@ -284,13 +286,19 @@ impl Engine {
         let started = Instant::now();
         let min_confidence = self.min_confidence(opts)?;
         let ticket = Ticket {
-            permit: self.admit(1, opts.deadline, opts.traffic).await?,
+            permit: self
+                .admit(1, opts.deadline, opts.traffic)
+                .instrument(trace::child("admission"))
+                .await?,
             deadline: opts.deadline,
             traffic: opts.traffic,
             started,
         };
         let _inflight = InflightGuard::new();
-        let (image, preprocess_time) = self.timed_preprocess(input).await?;
+        let (image, preprocess_time) = self
+            .timed_preprocess(input)
+            .instrument(trace::child("preprocess"))
+            .await?;
         let c = self
             .infer_preprocessed(image, preprocess_time, ticket, opts.want_preprocessed)
             .await?;
@@ -342,11 +350,16 @@ impl Engine {
                 max_queue: self.config.batcher.max_queue,
             });
         }
-        let mut permit = self.admit(n as u32, deadline, traffic).await?;
+        let mut permit = self
+            .admit(n as u32, deadline, traffic)
+            .instrument(trace::child("admission"))
+            .await?;
         let _inflight: Vec<InflightGuard> = (0..n).map(|_| InflightGuard::new()).collect();
         // Decode every image first, so that one bad image fails the request
         // before any of its siblings costs model time.
-        let images = try_join_all(inputs.into_iter().map(|i| self.timed_preprocess(i))).await?;
+        let images = try_join_all(inputs.into_iter().map(|i| self.timed_preprocess(i)))
+            .instrument(trace::child("preprocess"))
+            .await?;
         let answers = images.into_iter().map(|(image, preprocess_time)| {
             let one = if permit.num_permits() > 1 {
                 permit.split(1).expect("a permit per image")
@@ -435,6 +448,7 @@ impl Engine {
             reply: tx,
             permit,
             traffic,
+            trace: trace::JobTrace::current(),
         });
         let answer = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {

@@ -17,3 +17,4 @@ pub mod idx;
 pub mod jpeg;
 pub mod metrics;
 pub mod preprocess;
+pub mod trace;

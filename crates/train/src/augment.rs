@@ -297,6 +297,82 @@ fn fill_square(src: &[f32], side: usize) -> Vec<f32> {
     resize(&crop, cw, ch, side, side)
 }
 
+/// Outlier exposure (Hendrycks et al., 2019): a share of each batch is
+/// inputs that are not a digit, trained towards the uniform distribution,
+/// so that the model answers them with low confidence and the reject
+/// option catches them. The outliers are drawn here from MNIST's training
+/// digits and random curves, by generators apart from the report's
+/// non-digit sets (`nondigit.rs`); letters are never trained on.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutlierExposure {
+    /// Outliers per digit in a batch (0.125: 16 for a batch of 128).
+    pub share: f32,
+    /// Weight of their loss against the digits' cross-entropy.
+    pub weight: f32,
+}
+
+impl OutlierExposure {
+    /// One outlier after the serving preprocessing: two training digits
+    /// side by side at a random gap and height, or a few random curves
+    /// (`pick` gives a training digit); None when the preprocessing would
+    /// refuse it.
+    pub fn render(
+        &self,
+        rng: &mut impl Rng,
+        mut pick: impl FnMut(&mut dyn rand::RngCore) -> MnistImage,
+    ) -> Option<MnistImage> {
+        let (w, h, ink) = if rng.random::<bool>() {
+            let (a, b) = (pick(&mut *rng), pick(&mut *rng));
+            let gap = rng.random_range(0..8usize);
+            let dy = rng.random_range(-4i32..=4);
+            let (w, h) = (2 * SIDE + gap, SIDE + 8);
+            let mut c = vec![0f32; w * h];
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    c[(y + 4) * w + x] = a[y * SIDE + x];
+                    let yb = (y as i32 + 4 + dy) as usize;
+                    let v = &mut c[yb * w + SIDE + gap + x];
+                    *v = v.max(b[y * SIDE + x]);
+                }
+            }
+            (w, h, c)
+        } else {
+            let mut c = vec![0f32; CANVAS * CANVAS];
+            let pen = rng.random_range(2.0..9.0f32);
+            for _ in 0..rng.random_range(2..=6) {
+                // A quadratic curve between two random points.
+                let p: [(f32, f32); 3] = std::array::from_fn(|_| {
+                    (rng.random_range(8.0..104.0), rng.random_range(8.0..104.0))
+                });
+                for k in 0..=200 {
+                    let t = k as f32 / 200.0;
+                    let u = 1.0 - t;
+                    let x = u * u * p[0].0 + 2.0 * u * t * p[1].0 + t * t * p[2].0;
+                    let y = u * u * p[0].1 + 2.0 * u * t * p[1].1 + t * t * p[2].1;
+                    let r = pen / 2.0;
+                    for yy in (y - r).max(0.0) as usize..=((y + r) as usize).min(CANVAS - 1) {
+                        for xx in (x - r).max(0.0) as usize..=((x + r) as usize).min(CANVAS - 1) {
+                            if (xx as f32 - x).hypot(yy as f32 - y) <= r {
+                                c[yy * CANVAS + xx] = 1.0;
+                            }
+                        }
+                    }
+                }
+            }
+            (CANVAS, CANVAS, c)
+        };
+        let dark_on_light = rng.random::<bool>();
+        let gray: Vec<u8> = ink
+            .iter()
+            .map(|&v| {
+                let v = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                if dark_on_light { 255 - v } else { v }
+            })
+            .collect();
+        mnister_core::preprocess::preprocess_gray(w, h, &gray).ok()
+    }
+}
+
 fn upscale(img: &MnistImage, side: usize) -> Vec<f32> {
     resize(img, SIDE, SIDE, side, side)
 }

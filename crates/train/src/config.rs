@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::augment::{AugmentConfig, FieldAugment, Fill};
+use crate::augment::{AugmentConfig, FieldAugment, Fill, OutlierExposure};
 use crate::model::Arch;
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize, serde::Deserialize)]
@@ -132,6 +132,19 @@ pub struct TrainArgs {
     #[serde(default)]
     pub stroke_augment_prob: f32,
 
+    /// Outlier exposure: non-digit inputs (two training digits side by
+    /// side, random curves) per digit in each batch, trained towards the
+    /// uniform distribution so the reject option catches what is not a
+    /// digit; 0 turns it off.
+    #[arg(long, env = "MNISTER_OUTLIER_SHARE", default_value_t = 0.0)]
+    #[serde(default)]
+    pub outlier_share: f32,
+
+    /// Weight of the outliers' loss against the digits'.
+    #[arg(long, env = "MNISTER_OUTLIER_WEIGHT", default_value_t = 0.5)]
+    #[serde(default)]
+    pub outlier_weight: f32,
+
     /// Ramp the augmentation strength up linearly over this many first epochs.
     #[arg(long, env = "MNISTER_AUG_WARMUP_EPOCHS", default_value_t = 0)]
     pub augment_warmup_epochs: usize,
@@ -169,6 +182,14 @@ impl TrainArgs {
                 stroke_prob: self.stroke_augment_prob,
             },
         )
+    }
+
+    /// Outlier exposure, unless off.
+    pub fn outliers(&self) -> Option<OutlierExposure> {
+        (self.outlier_share > 0.0).then_some(OutlierExposure {
+            share: self.outlier_share,
+            weight: self.outlier_weight,
+        })
     }
 
     pub fn augment(&self) -> Option<AugmentConfig> {
@@ -232,6 +253,14 @@ impl TrainArgs {
             problems.push(format!(
                 "--stroke-augment-prob must be in [0, 1] and, with --field-augment-prob, at most 1; got {} and {}",
                 self.stroke_augment_prob, self.field_augment_prob
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.outlier_share)
+            || !(0.0..=10.0).contains(&self.outlier_weight)
+        {
+            problems.push(format!(
+                "--outlier-share must be in [0, 1] and --outlier-weight in [0, 10]; got {} and {}",
+                self.outlier_share, self.outlier_weight
             ));
         }
         if !(0.0..=1.0).contains(&self.augment_prob) {

@@ -234,6 +234,7 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
     let val_labels: Vec<u8> = split.val.iter().map(|&i| ds.labels[i]).collect();
     let augment = args.augment();
     let field = args.field_augment();
+    let outliers = args.outliers();
     let steps_per_epoch = train_idx.len().div_ceil(args.batch_size);
     let total_steps = steps_per_epoch * args.epochs;
     let loss_fn = CrossEntropyLossConfig::new()
@@ -303,11 +304,37 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
                 flat.extend_from_slice(&img);
             }
             let labels: Vec<i64> = batch.iter().map(|&i| i64::from(ds.labels[i])).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), 1, 28, 28]), &ad);
-            let y =
-                Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch.len()]), &ad);
-            let out = model.forward(x);
-            let loss = loss_fn.forward(out.clone(), y);
+            // Outliers after the digits, when outlier exposure is on.
+            let n = batch.len();
+            let mut m = 0;
+            if let Some(oe) = outliers {
+                let want = (n as f32 * oe.share).round() as usize;
+                for _ in 0..want {
+                    let pick = |r: &mut dyn rand::RngCore| {
+                        image(ds, train_idx[r.random_range(0..train_idx.len())])
+                    };
+                    if let Some(o) = oe.render(&mut rng, pick) {
+                        flat.extend_from_slice(&o);
+                        m += 1;
+                    }
+                }
+            }
+            let x = Tensor::<4>::from_data(TensorData::new(flat, [n + m, 1, 28, 28]), &ad);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), &ad);
+            let all = model.forward(x);
+            let out = if m > 0 {
+                all.clone().slice([0..n, 0..10])
+            } else {
+                all.clone()
+            };
+            let mut loss = loss_fn.forward(out.clone(), y);
+            if let (Some(oe), true) = (outliers, m > 0) {
+                // Cross-entropy against the uniform distribution, up to a
+                // constant: the mean of -log p over outliers and classes.
+                let o = all.slice([n..n + m, 0..10]);
+                let uniform = burn::tensor::activation::log_softmax(o, 1).mean().neg();
+                loss = loss + uniform.mul_scalar(oe.weight);
+            }
             let loss_value = f64::from(
                 loss.clone()
                     .into_data()
