@@ -105,10 +105,20 @@ pub fn init(format: LogFormat, traces: Option<f64>) -> Telemetry {
             .with_tracer(p.tracer("mnister"))
             .with_filter(ours)
     });
+    // Nothing consumes spans in plain text logs without export: the text
+    // layer then ignores them, so that no layer is interested, every
+    // `info_span!` on the request path is disabled, and the core skips its
+    // spans (`mnister_core::trace`) at no cost.
+    let spans_for_logs = otel.is_some();
+    let fmt = fmt
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
+            spans_for_logs || !meta.is_span()
+        }));
     tracing_subscriber::registry()
         .with(otel)
-        .with(TraceIdsLayer)
-        .with(fmt.with_filter(filter))
+        .with((format == LogFormat::Json).then_some(TraceIdsLayer))
+        .with(fmt)
         .init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     Telemetry { provider, late }

@@ -168,3 +168,65 @@ async fn json_and_kserve_carry_the_threshold_and_the_mark() {
         kserve_abstained as f64
     );
 }
+
+/// Folding the temperature into the exported model divides the last
+/// layer's logits by T: the probabilities change, the answer does not. A
+/// network exported at T = 1 and at T = 2.5, both run in ONNX Runtime on
+/// 10,000 MNIST images (the committed sample's 4,000 and 6,000 rotated,
+/// shrunk and shifted copies of them).
+#[test]
+fn the_folded_temperature_changes_probabilities_and_never_the_digit() {
+    use mnister_core::backend::ort::{init_runtime, open_model};
+    use mnister_core::backend::{Backend, argmax};
+    use mnister_core::idx::{Split, load_mnist};
+    use mnister_core::preprocess::normalize_mnist;
+    use mnister_train::export::to_bytes_calibrated;
+    use mnister_train::model::{Arch, Cnn};
+    use mnister_train::robustness::Variant;
+
+    let env = init_runtime(None).unwrap();
+    let cnn = Cnn::new(Arch::ReferenceBn, 0.25, &mnister_train::fit::device());
+    let meta = std::collections::BTreeMap::new();
+    let path = std::path::Path::new("calibrated.onnx");
+    let (_, mut plain) = open_model(env, path, to_bytes_calibrated(&cnn, &meta, 1.0), 1).unwrap();
+    let (_, mut cooled) = open_model(env, path, to_bytes_calibrated(&cnn, &meta, 2.5), 1).unwrap();
+
+    let dir = crate::common::root().join("tests/data/mnist");
+    let mut images = Vec::new();
+    for split in [Split::Train, Split::Test] {
+        let ds = load_mnist(&dir, split).unwrap();
+        images.extend((0..ds.len()).map(|i| normalize_mnist(ds.images.image(i)).unwrap()));
+    }
+    let originals = images.len();
+    let variants = [
+        Variant::Rotate(30.0),
+        Variant::ZoomOut(0.65),
+        Variant::Shift(3.0),
+    ];
+    let copies: Vec<_> = (0..10_000 - originals)
+        .map(|k| variants[k % 3].apply(k, &images[k % originals]).unwrap())
+        .collect();
+    images.extend(copies);
+    assert_eq!(images.len(), 10_000);
+
+    let (mut same, mut changed) = (0, 0);
+    for chunk in images.chunks(500) {
+        let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let a = plain.infer(&flat, chunk.len()).unwrap();
+        let b = cooled.infer(&flat, chunk.len()).unwrap();
+        for (x, y) in a.chunks(10).zip(b.chunks(10)) {
+            same += usize::from(argmax(x) == argmax(y));
+            changed += usize::from((x[argmax(x)] - y[argmax(y)]).abs() > 1e-6);
+        }
+    }
+    assert_eq!(
+        same,
+        10_000,
+        "the temperature changed {} answers",
+        10_000 - same
+    );
+    assert!(
+        changed > 9_000,
+        "the temperature changed only {changed} probabilities"
+    );
+}
