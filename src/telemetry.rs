@@ -67,18 +67,7 @@ pub struct Telemetry {
 /// endpoint exports them). The exporter itself starts later
 /// (`start_export`), inside the runtime, once the model is known.
 pub fn init(format: LogFormat, traces: Option<f64>) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
-    let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .event_format(JsonLines)
-            .boxed(),
-    };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
     // Spans get OpenTelemetry ids (the caller's trace, when it sent one)
     // when traces are exported or logs are JSON; until an exporter is
     // installed they go nowhere.
@@ -105,23 +94,38 @@ pub fn init(format: LogFormat, traces: Option<f64>) -> Telemetry {
             .with_tracer(p.tracer("mnister"))
             .with_filter(ours)
     });
-    // Nothing consumes spans in plain text logs without export: the text
-    // layer then ignores them, so that no layer is interested, every
-    // `info_span!` on the request path is disabled, and the core skips its
-    // spans (`mnister_core::trace`) at no cost.
-    let spans_for_logs = otel.is_some();
-    let fmt = fmt
-        .with_filter(filter)
-        .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
-            spans_for_logs || !meta.is_span()
-        }));
-    tracing_subscriber::registry()
-        .with(otel)
-        .with((format == LogFormat::Json).then_some(TraceIdsLayer))
-        .with(fmt)
-        .init();
+    match otel {
+        Some(otel) => tracing_subscriber::registry()
+            .with(otel)
+            .with((format == LogFormat::Json).then_some(TraceIdsLayer))
+            .with(fmt_layer(format).with_filter(filter()))
+            .init(),
+        // Nothing consumes spans in plain text logs without export: a global
+        // filter disables them, so every `info_span!` on the request path is
+        // a no-op and the core skips its spans (`mnister_core::trace`).
+        None => tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::filter_fn(|meta| {
+                !meta.is_span()
+            }))
+            .with(fmt_layer(format).with_filter(filter()))
+            .init(),
+    }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     Telemetry { provider, late }
+}
+
+/// The log lines' layer, text or JSON, on stderr.
+fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => layer.with_ansi(false).event_format(JsonLines).boxed(),
+    }
 }
 
 /// Where and how to export.
