@@ -91,6 +91,13 @@ pub const CLOSE_REASONS: [&str; 5] = [
     "shutdown",
 ];
 
+/// Counts a close the server chose. Called while the socket is still open,
+/// so that whoever sees it close also sees it counted.
+fn count_close(port: &'static str, reason: Reason) {
+    counter!(crate::metrics::CONNECTIONS_CLOSED, "port" => port, "reason" => reason.label())
+        .increment(1);
+}
+
 impl Reason {
     fn label(self) -> &'static str {
         match self {
@@ -167,27 +174,36 @@ pub async fn serve<S, B>(
         tokio::spawn(async move {
             gauge!(crate::metrics::CONNECTIONS_OPEN, "port" => port).increment(1.0);
             let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-            let reason = match tls {
-                None => {
-                    let conn = Conn::new(port, protocol, limits, max_age, deadline, stop);
-                    conn.run(stream, &builder, service).await
-                }
-                Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = Conn::new(port, protocol, limits, max_age, deadline, stop);
-                        conn.run(stream, &builder, service).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(port, error = %e, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => Some(Reason::Handshake),
-                },
+            let conn = Conn {
+                port,
+                protocol,
+                limits,
+                max_age,
+                handshake_deadline: deadline,
+                stop,
+                activity: Arc::new(Activity {
+                    in_flight: AtomicUsize::new(0),
+                    started: AtomicU64::new(0),
+                    read: AtomicU64::new(0),
+                    last_done_ms: AtomicU64::new(0),
+                    origin: Instant::now(),
+                }),
             };
-            if let Some(r) = reason {
-                counter!(crate::metrics::CONNECTIONS_CLOSED, "port" => port, "reason" => r.label())
-                    .increment(1);
-            }
+            match tls {
+                None => conn.run(stream, &builder, service).await,
+                Some(tls) => {
+                    // Pinned here, so that the socket outlives the count.
+                    let accept = tls.accept(stream);
+                    tokio::pin!(accept);
+                    match tokio::time::timeout_at(deadline, accept.as_mut()).await {
+                        Ok(Ok(stream)) => conn.run(stream, &builder, service).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(port, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => count_close(port, Reason::Handshake),
+                    }
+                }
+            };
             gauge!(crate::metrics::CONNECTIONS_OPEN, "port" => port).decrement(1.0);
             drop(closed);
         });
@@ -252,31 +268,6 @@ impl Activity {
 }
 
 impl Conn {
-    fn new(
-        port: &'static str,
-        protocol: Protocol,
-        limits: ConnectionLimits,
-        max_age: Option<Duration>,
-        handshake_deadline: tokio::time::Instant,
-        stop: watch::Receiver<bool>,
-    ) -> Conn {
-        Conn {
-            port,
-            protocol,
-            limits,
-            max_age,
-            handshake_deadline,
-            stop,
-            activity: Arc::new(Activity {
-                in_flight: AtomicUsize::new(0),
-                started: AtomicU64::new(0),
-                read: AtomicU64::new(0),
-                last_done_ms: AtomicU64::new(0),
-                origin: Instant::now(),
-            }),
-        }
-    }
-
     /// The client has shown it speaks the protocol: the HTTP/2 preface
     /// read, or a first request.
     fn established(&self) -> bool {
@@ -286,14 +277,9 @@ impl Conn {
                 && a.read.load(Ordering::Acquire) >= H2_PREFACE_LEN)
     }
 
-    /// Serves the connection to its end; returns why the server ended it,
-    /// None when the client did (or the connection failed).
-    async fn run<IO, S, B>(
-        self,
-        io: IO,
-        builder: &auto::Builder<TokioExecutor>,
-        service: S,
-    ) -> Option<Reason>
+    /// Serves the connection to its end, and counts why when the server
+    /// ended it (not when the client did, or the connection failed).
+    async fn run<IO, S, B>(self, io: IO, builder: &auto::Builder<TokioExecutor>, service: S)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -325,7 +311,7 @@ impl Conn {
         let mut draining: Option<(Reason, Option<tokio::time::Instant>)> = None;
         let far = now + Duration::from_secs(86_400 * 365);
         let mut stop = self.stop.clone();
-        loop {
+        let reason = loop {
             let established = self.established();
             let force_at = draining.and_then(|(_, f)| f).unwrap_or(far);
             tokio::select! {
@@ -333,11 +319,11 @@ impl Conn {
                     if let Err(e) = r {
                         tracing::debug!(port = self.port, error = %e, "connection ended with an error");
                     }
-                    return draining.map(|(r, _)| r);
+                    break draining.map(|(r, _)| r);
                 }
                 _ = tokio::time::sleep_until(self.handshake_deadline), if !established && draining.is_none() => {
                     if !self.established() {
-                        return Some(Reason::Handshake);
+                        break Some(Reason::Handshake);
                     }
                 }
                 _ = tokio::time::sleep_until(age_at.unwrap_or(far)), if age_at.is_some() && draining.is_none() => {
@@ -346,7 +332,7 @@ impl Conn {
                 }
                 _ = tokio::time::sleep_until(force_at), if draining.is_some_and(|(_, f)| f.is_some()) => {
                     tracing::debug!(port = self.port, "calls outlived the connection's grace; closing it");
-                    return Some(Reason::AgeGrace);
+                    break Some(Reason::AgeGrace);
                 }
                 _ = tick.tick(), if idle_check.is_some() && draining.is_none() => {
                     let max_idle = self.limits.max_idle.unwrap_or(Duration::MAX);
@@ -361,6 +347,10 @@ impl Conn {
                     draining = Some((Reason::Shutdown, None));
                 }
             }
+        };
+        // `conn`, and with it the socket, is dropped after the count.
+        if let Some(r) = reason {
+            count_close(self.port, r);
         }
     }
 }
