@@ -132,6 +132,12 @@ pub struct TrainArgs {
     #[serde(default)]
     pub stroke_augment_prob: f32,
 
+    /// Of the field-degraded images (at 32 px and up), the share placed in
+    /// a photo of unevenly lit paper with noise and blur; 0 turns it off.
+    #[arg(long, env = "MNISTER_AUG_PHOTO_PROB", default_value_t = 0.0)]
+    #[serde(default)]
+    pub photo_augment_prob: f32,
+
     /// Outlier exposure: non-digit inputs (two training digits side by
     /// side, random curves) per digit in each batch, trained towards the
     /// uniform distribution so the reject option catches what is not a
@@ -180,6 +186,7 @@ impl TrainArgs {
             FieldAugment {
                 prob: self.field_augment_prob,
                 stroke_prob: self.stroke_augment_prob,
+                photo_prob: self.photo_augment_prob,
             },
         )
     }
