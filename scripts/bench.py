@@ -15,6 +15,8 @@ Usage: scripts/bench.py [--quick] [--foreign-only] [--no-build] [--out runs/benc
 and the foreign clients at concurrency 16 only.
 --foreign-only measures the raw limit and then only the foreign clients
 (results go to results-foreign.json, not results.json).
+Every run ends with the tracing overhead: unary c64 with OpenTelemetry export
+on (sampling 1.0, to scripts/otlp-sink.py) against export off.
 --no-build skips the cargo build and uses target/release as it is.
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as the bars in issue 4 ask.
@@ -167,6 +169,42 @@ def foreign(quick, limit):
     return {"limit": limit, "seconds": seconds, "warmup": warmup, "rows": rows, "bars": bars}
 
 
+def tracing_overhead(dur):
+    """Issue 17's bar: unary c64 throughput with traces exported at sampling
+    1.0, against export off, alternating, on fresh servers. The collector is
+    scripts/otlp-sink.py (accepts and counts, decodes nothing)."""
+    py = bench_python()
+    port = free_port()
+    sink = subprocess.Popen([py, os.path.join(ROOT, "scripts", "otlp-sink.py"), "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "listening", "the OTLP sink did not start"
+    on = ["--otlp-endpoint", f"http://127.0.0.1:{port}", "--trace-sample-ratio", "1.0"]
+    rows = []
+    try:
+        for label, flags in [("export off", []), ("export on", on)] * 2:
+            srv = Server(flags)
+            try:
+                r = client(srv, "--duration", dur, "--concurrency", "64")
+            finally:
+                srv.stop()
+            rows.append((label, r))
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        got = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])
+    mean = lambda lab: sum(r["throughput"] for l, r in rows if l == lab) / 2
+    ratio = mean("export on") / mean("export off")
+    print("\n## Tracing overhead (unary, concurrency 64; export at sampling 1.0 to an OTLP sink)\n")
+    print("| server | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for label, r in rows:
+        lat = r["latency"]
+        print(f"| {label} | {r['throughput']:,.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | "
+              f"{sum(r['errors'].values())} |")
+    print(f"\nexport on / off = {ratio:.3f} (bar: within 10%: {'PASS' if ratio >= 0.9 else 'MISS'}); "
+          f"the sink received {got['requests']} exports, {got['bytes']:,} bytes")
+    return {"rows": [{"label": l, **r} for l, r in rows], "ratio": ratio, "sink": got}
+
+
 def row(name, r, limit):
     lat = r["latency"]
     errs = sum(r["errors"].values())
@@ -209,6 +247,7 @@ def main():
         own_client_sections(a, results, limit, dur)
 
     results["foreign"] = foreign(a.quick, limit)
+    results["tracing"] = tracing_overhead(dur)
 
     name = "results-foreign.json" if a.foreign_only else "results.json"
     with open(os.path.join(a.out, name), "w") as f:
