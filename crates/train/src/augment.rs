@@ -298,7 +298,10 @@ fn photo_of(c: &[f32], w: usize, h: usize, rng: &mut impl Rng) -> Option<MnistIm
     let k = rng.random_range(2.0..3.0f32);
     let (fw, fh) = ((w as f32 * k) as usize, (h as f32 * k) as usize);
     let (ox, oy) = (rng.random_range(0..=fw - w), rng.random_range(0..=fh - h));
-    let (dark, bright) = (rng.random_range(150.0..190.0f32), rng.random_range(200.0..235.0f32));
+    let (dark, bright) = (
+        rng.random_range(150.0..190.0f32),
+        rng.random_range(200.0..235.0f32),
+    );
     let angle = rng.random_range(0.0..std::f32::consts::TAU);
     let (dx, dy) = (angle.cos(), angle.sin());
     let ink = rng.random_range(30.0..80.0f32);
@@ -306,7 +309,8 @@ fn photo_of(c: &[f32], w: usize, h: usize, rng: &mut impl Rng) -> Option<MnistIm
     for y in 0..fh {
         for x in 0..fw {
             // Lighting: a ramp across the frame in a random direction.
-            let t = ((x as f32 / fw as f32 - 0.5) * dx + (y as f32 / fh as f32 - 0.5) * dy + 0.71) / 1.42;
+            let t = ((x as f32 / fw as f32 - 0.5) * dx + (y as f32 / fh as f32 - 0.5) * dy + 0.71)
+                / 1.42;
             let paper = dark + (bright - dark) * t.clamp(0.0, 1.0);
             let a = if (ox..ox + w).contains(&x) && (oy..oy + h).contains(&y) {
                 c[(y - oy) * w + (x - ox)]
