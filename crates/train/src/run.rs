@@ -374,6 +374,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             seed: Some(args.seed),
             val_size: Some(args.val_size),
             test_limit: args.test_limit,
+            weight_bits: 7,
             no_robustness: false,
             report_dir: Some(args.out.clone()),
             ort_lib: args.ort_lib.clone(),

@@ -41,8 +41,12 @@ pub fn uint8_params(tensor: &str, min: f32, max: f32) -> ActParams {
 }
 
 /// Symmetric int8 quantization along `axis`: one scale per channel, values in
-/// −127..=127 (−128 is left out, as ORT does, to keep the range symmetric).
-pub fn int8_per_channel(dims: &[i64], w: &[f32], axis: usize) -> (Vec<f32>, Vec<i8>) {
+/// ±(2^(bits−1) − 1) (−128 is left out, as ORT does, to keep the range
+/// symmetric). `bits` 7 is ORT's `reduce_range`: CPUs without VNNI multiply
+/// u8×s8 pairs into a saturating i16 (AVX2 `vpmaddubsw`), which 255·127·2
+/// overflows and 255·63·2 does not.
+pub fn int8_per_channel(dims: &[i64], w: &[f32], axis: usize, bits: u32) -> (Vec<f32>, Vec<i8>) {
+    let qmax = ((1i32 << (bits.clamp(2, 8) - 1)) - 1) as f32;
     let channels = dims[axis] as usize;
     let inner: usize = dims[axis + 1..].iter().product::<i64>() as usize;
     let channel = |i: usize| (i / inner) % channels;
@@ -53,12 +57,12 @@ pub fn int8_per_channel(dims: &[i64], w: &[f32], axis: usize) -> (Vec<f32>, Vec<
     }
     let scales: Vec<f32> = amax
         .iter()
-        .map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 })
+        .map(|&a| if a > 0.0 { a / qmax } else { 1.0 })
         .collect();
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, v)| (v / scales[channel(i)]).round().clamp(-127.0, 127.0) as i8)
+        .map(|(i, v)| (v / scales[channel(i)]).round().clamp(-qmax, qmax) as i8)
         .collect();
     (scales, q)
 }
@@ -86,6 +90,7 @@ pub fn quantize_model(
     plan: &Plan,
     observed: &BTreeMap<String, Observed>,
     method: Method,
+    weight_bits: u32,
 ) -> Result<(ModelProto, QuantizationParams)> {
     let mut model = fp32.clone();
     let g = model
@@ -168,7 +173,7 @@ pub fn quantize_model(
                     }
                 }
             };
-            let (scales, q) = int8_per_channel(&w.dims, &floats(&w)?, axis);
+            let (scales, q) = int8_per_channel(&w.dims, &floats(&w)?, axis, weight_bits);
             let c = scales.len() as i64;
             let (wq, ws, wz, wd) = (
                 format!("{wname}_quantized"),
@@ -273,7 +278,9 @@ pub fn quantize_model(
     g.initializer = rest.into_iter().chain(inits).collect();
     g.node = nodes;
     let params = QuantizationParams {
-        format: "QDQ; weights int8 symmetric per-channel; biases int32; activations uint8 asymmetric per-tensor".into(),
+        format: format!(
+            "QDQ; weights int8 symmetric per-channel ({weight_bits}-bit range); biases int32; activations uint8 asymmetric per-tensor"
+        ),
         method: method.name(),
         activations: act.into_values().collect(),
         weights,
@@ -304,16 +311,29 @@ mod tests {
     fn weights_are_symmetric_per_channel_on_the_right_axis() {
         // [2 out channels, 3] on axis 0.
         let w = [1.0, -0.6, 0.25, 0.1, 0.3, -0.4];
-        let (s, q) = int8_per_channel(&[2, 3], &w, 0);
+        let (s, q) = int8_per_channel(&[2, 3], &w, 0, 8);
         assert_eq!(s, vec![1.0 / 127.0, 0.4 / 127.0]);
         assert_eq!(q, vec![127, -76, 32, 32, 95, -127]);
         // The same values as [3 in, 2 out] with the channel on axis 1.
-        let (s, q) = int8_per_channel(&[3, 2], &w, 1);
+        let (s, q) = int8_per_channel(&[3, 2], &w, 1, 8);
         assert_eq!(s, vec![1.0 / 127.0, 0.6 / 127.0]);
         assert_eq!((q[0], q[1]), (127, -127));
         for (i, (v, qi)) in w.iter().zip(&q).enumerate() {
             let back = *qi as f32 * s[i % 2];
             assert!((back - v).abs() <= s[i % 2] / 2.0 + 1e-6, "{v} -> {back}");
+        }
+    }
+
+    #[test]
+    fn seven_bit_weights_stay_within_63_and_round_trip() {
+        let w = [1.0, -0.6, 0.25, 0.1, 0.3, -0.4];
+        let (s, q) = int8_per_channel(&[2, 3], &w, 0, 7);
+        assert_eq!(s, vec![1.0 / 63.0, 0.4 / 63.0]);
+        assert!(q.iter().all(|v| (-63..=63).contains(v)), "{q:?}");
+        assert_eq!((q[0], q[5]), (63, -63));
+        for (i, (v, qi)) in w.iter().zip(&q).enumerate() {
+            let back = *qi as f32 * s[i / 3];
+            assert!((back - v).abs() <= s[i / 3] / 2.0 + 1e-6, "{v} -> {back}");
         }
     }
 }
