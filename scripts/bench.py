@@ -169,7 +169,7 @@ def foreign(quick, limit):
     return {"limit": limit, "seconds": seconds, "warmup": warmup, "rows": rows, "bars": bars}
 
 
-def tracing_overhead(dur):
+def tracing_overhead(dur, limit):
     """Issue 17's bar: unary c64 throughput with traces exported at sampling
     1.0, against export off, alternating, on fresh servers. The collector is
     scripts/otlp-sink.py (accepts and counts, decodes nothing)."""
@@ -194,12 +194,10 @@ def tracing_overhead(dur):
     mean = lambda lab: sum(r["throughput"] for l, r in rows if l == lab) / 2
     ratio = mean("export on") / mean("export off")
     print("\n## Tracing overhead (unary, concurrency 64; export at sampling 1.0 to an OTLP sink)\n")
-    print("| server | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
+    print("| server | req/s | ratio to raw limit | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
     for label, r in rows:
-        lat = r["latency"]
-        print(f"| {label} | {r['throughput']:,.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | "
-              f"{sum(r['errors'].values())} |")
+        print(row(label, r, limit))
     print(f"\nexport on / off = {ratio:.3f} (bar: within 10%: {'PASS' if ratio >= 0.9 else 'MISS'}); "
           f"the sink received {got['requests']} exports, {got['bytes']:,} bytes")
     return {"rows": [{"label": l, **r} for l, r in rows], "ratio": ratio, "sink": got}
@@ -216,6 +214,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--foreign-only", action="store_true", help="the raw limit and the foreign clients only")
+    ap.add_argument("--tracing-only", action="store_true", help="the raw limit and the tracing overhead only")
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is, without cargo build")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench"))
     a = ap.parse_args()
@@ -223,7 +222,8 @@ def main():
     if not a.no_build:
         sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = (" --quick" if a.quick else "") + (" --foreign-only" if a.foreign_only else "")
+    flags = ((" --quick" if a.quick else "") + (" --foreign-only" if a.foreign_only else "")
+             + (" --tracing-only" if a.tracing_only else ""))
     print(f"machine: {os.cpu_count()} cores, {cpu}; command: scripts/bench.py{flags}")
     results = {"machine": {"cores": os.cpu_count(), "cpu": cpu}}
 
@@ -243,13 +243,14 @@ def main():
         print(f"| {lay} | " + " | ".join(f"{vals[b]:,.0f}" for b in batches) + " |")
     print(f"\nlimit = {limit:,.0f} img/s (best of the sweep)")
 
-    if not a.foreign_only:
+    if not (a.foreign_only or a.tracing_only):
         own_client_sections(a, results, limit, dur)
+    if not a.tracing_only:
+        results["foreign"] = foreign(a.quick, limit)
+    results["tracing"] = tracing_overhead(dur, limit)
 
-    results["foreign"] = foreign(a.quick, limit)
-    results["tracing"] = tracing_overhead(dur)
-
-    name = "results-foreign.json" if a.foreign_only else "results.json"
+    name = ("results-foreign.json" if a.foreign_only
+            else "results-tracing.json" if a.tracing_only else "results.json")
     with open(os.path.join(a.out, name), "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nresults: {os.path.join(a.out, name)}")
