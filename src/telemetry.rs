@@ -90,8 +90,15 @@ pub fn init(format: LogFormat, traces: Option<f64>) -> Telemetry {
         .with_target("mnister", tracing::Level::INFO)
         .with_target("mnister_core", tracing::Level::INFO);
     let otel = provider.as_ref().map(|p| {
+        // No per-span source location, thread or busy/idle attributes: the
+        // span's name says where it is, and those seven attributes were
+        // most of each exported span's bytes and allocations (issue 17's
+        // overhead bar).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("mnister"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(ours)
     });
     match otel {
