@@ -15,13 +15,19 @@
 //! worker takes whatever is waiting, up to `max_batch_size` (continuous
 //! batching); with a batch delay it waits that long for more. Requests whose
 //! deadline passed or whose caller went away are dropped before inference.
+//!
+//! Idle workers are woken lowest index first, and only when a job arrives
+//! and no worker is free to take it otherwise. Under light load the same
+//! worker, on a warm cache, runs every batch; the others join as the load
+//! needs them. (Waiting on a shared channel woke idle workers in turn, so
+//! each inference started on a cold cache and often a migrated thread.)
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -144,8 +150,58 @@ pub struct Batcher {
     tx: Option<Lanes>,
     admission: Arc<Semaphore>,
     depth: Arc<AtomicUsize>,
+    idle: Arc<Idle>,
     workers: Vec<JoinHandle<()>>,
     policy: QueuePolicy,
+}
+
+/// The workers parked for want of work, one bit each, and their threads to
+/// unpark. A submitter claims the lowest set bit and wakes that worker.
+struct Idle {
+    words: Vec<AtomicU64>,
+    threads: OnceLock<Vec<Thread>>,
+}
+
+impl Idle {
+    fn new(workers: usize) -> Self {
+        Idle {
+            words: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            threads: OnceLock::new(),
+        }
+    }
+
+    fn set(&self, i: usize) {
+        self.words[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+    }
+
+    fn clear(&self, i: usize) {
+        self.words[i / 64].fetch_and(!(1 << (i % 64)), Ordering::SeqCst);
+    }
+
+    /// Wakes the lowest-numbered parked worker, if any is parked.
+    fn wake_one(&self) {
+        for (w, word) in self.words.iter().enumerate() {
+            let mut bits = word.load(Ordering::SeqCst);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                let was = word.fetch_and(!(1 << bit), Ordering::SeqCst);
+                if was & (1 << bit) != 0 {
+                    if let Some(t) = self.threads.get().and_then(|t| t.get(w * 64 + bit)) {
+                        t.unpark();
+                    }
+                    return;
+                }
+                bits = was & !(1 << bit);
+            }
+        }
+    }
+
+    /// Wakes every worker, to see the lanes closed.
+    fn wake_all(&self) {
+        for t in self.threads.get().into_iter().flatten() {
+            t.unpark();
+        }
+    }
 }
 
 impl Batcher {
@@ -155,13 +211,16 @@ impl Batcher {
         let (interactive, interactive_rx) = crossbeam_channel::bounded(config.max_queue);
         let (bulk, bulk_rx) = crossbeam_channel::bounded(config.max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
-        let workers = backends
+        let idle = Arc::new(Idle::new(backends.len()));
+        let workers: Vec<JoinHandle<()>> = backends
             .into_iter()
             .enumerate()
             .map(|(i, backend)| {
                 let queue = Queue {
                     interactive: interactive_rx.clone(),
                     bulk: bulk_rx.clone(),
+                    me: i,
+                    idle: idle.clone(),
                 };
                 let depth = depth.clone();
                 std::thread::Builder::new()
@@ -170,10 +229,16 @@ impl Batcher {
                     .expect("spawning a batch worker thread")
             })
             .collect();
+        // Before any submit: a worker parks only after its bit is set, and
+        // only a submit or a shutdown reads the threads to wake it.
+        let _ = idle
+            .threads
+            .set(workers.iter().map(|w| w.thread().clone()).collect());
         Batcher {
             tx: Some(Lanes { interactive, bulk }),
             admission: Arc::new(Semaphore::new(config.max_queue)),
             depth,
+            idle,
             workers,
             policy: config.policy,
         }
@@ -220,7 +285,12 @@ impl Batcher {
             let _ = job.reply.send(Err(BatchError::Backend(
                 "the batch workers have stopped".into(),
             )));
+            return;
         }
+        // Pairs with the fence in `Queue::wait`: either that worker sees
+        // this job, or this sees its idle bit.
+        fence(Ordering::SeqCst);
+        self.idle.wake_one();
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -230,6 +300,7 @@ impl Batcher {
     /// Stops taking work, lets the workers finish what is queued and joins them.
     pub fn shutdown(mut self) {
         self.tx.take();
+        self.idle.wake_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -239,6 +310,7 @@ impl Batcher {
 impl Drop for Batcher {
     fn drop(&mut self) {
         self.tx.take();
+        self.idle.wake_all();
     }
 }
 
@@ -246,6 +318,9 @@ impl Drop for Batcher {
 struct Queue {
     interactive: Receiver<Job>,
     bulk: Receiver<Job>,
+    /// This worker's index: its bit in `idle`.
+    me: usize,
+    idle: Arc<Idle>,
 }
 
 enum Next {
@@ -257,22 +332,50 @@ enum Next {
 }
 
 impl Queue {
-    /// The next job, interactive first; waits until `deadline` (forever
-    /// with None) when both lanes are empty. Without `bulk`, only the
-    /// interactive lane.
-    fn next(&self, deadline: Option<Instant>, bulk: bool) -> Next {
+    /// The next job from either lane, interactive first; when both are
+    /// empty, parks until a submit picks this worker or the lanes close.
+    fn wait(&self) -> Next {
+        let take = || match self.interactive.try_recv() {
+            Ok(job) => Some(Next::Job(job)),
+            Err(a) => match self.bulk.try_recv() {
+                Ok(job) => Some(Next::Job(job)),
+                Err(b) if a.is_disconnected() && b.is_disconnected() => Some(Next::Closed),
+                Err(_) => None,
+            },
+        };
+        loop {
+            if let Some(next) = take() {
+                self.idle.clear(self.me);
+                return next;
+            }
+            self.idle.set(self.me);
+            fence(Ordering::SeqCst);
+            if let Some(next) = take() {
+                self.idle.clear(self.me);
+                return next;
+            }
+            // Woken by a submit (which cleared the bit), a shutdown, or
+            // spuriously: look again either way.
+            std::thread::park();
+            self.idle.clear(self.me);
+        }
+    }
+
+    /// Marks this worker free before it answers a batch: a call that
+    /// arrives while it sends the answers waits the few microseconds for it
+    /// rather than waking a cold worker. Cleared when it takes a job.
+    fn done(&self) {
+        self.idle.set(self.me);
+    }
+
+    /// The next job, interactive first, waiting for one until `deadline`
+    /// (filling a batch). Without `bulk`, only the interactive lane.
+    fn next(&self, deadline: Instant, bulk: bool) -> Next {
         if !bulk {
-            return match self.interactive.try_recv() {
+            return match self.interactive.recv_deadline(deadline) {
                 Ok(job) => Next::Job(job),
-                Err(TryRecvError::Disconnected) => Next::Closed,
-                Err(TryRecvError::Empty) => match deadline {
-                    None => self.interactive.recv().map_or(Next::Closed, Next::Job),
-                    Some(d) => match self.interactive.recv_deadline(d) {
-                        Ok(job) => Next::Job(job),
-                        Err(RecvTimeoutError::Timeout) => Next::TimedOut,
-                        Err(RecvTimeoutError::Disconnected) => Next::Closed,
-                    },
-                },
+                Err(RecvTimeoutError::Timeout) => Next::TimedOut,
+                Err(RecvTimeoutError::Disconnected) => Next::Closed,
             };
         }
         loop {
@@ -284,21 +387,17 @@ impl Queue {
                 Ok(job) => return Next::Job(job),
                 Err(e) => e,
             };
-            if a == TryRecvError::Disconnected && b == TryRecvError::Disconnected {
+            if a.is_disconnected() && b.is_disconnected() {
                 return Next::Closed;
             }
-            if deadline.is_some_and(|d| d <= Instant::now()) {
+            if deadline <= Instant::now() {
                 return Next::TimedOut;
             }
             let mut sel = Select::new();
             let i = sel.recv(&self.interactive);
             sel.recv(&self.bulk);
-            let op = match deadline {
-                None => sel.select(),
-                Some(d) => match sel.select_deadline(d) {
-                    Ok(op) => op,
-                    Err(_) => return Next::TimedOut,
-                },
+            let Ok(op) = sel.select_deadline(deadline) else {
+                return Next::TimedOut;
             };
             let got = if op.index() == i {
                 op.recv(&self.interactive)
@@ -325,7 +424,7 @@ fn worker(
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch_size);
     let mut input: Vec<f32> = Vec::with_capacity(cfg.max_batch_size * PIXELS);
     loop {
-        match queue.next(None, true) {
+        match queue.wait() {
             Next::Job(first) => batch.push(first),
             Next::Closed => return,
             Next::TimedOut => continue,
@@ -337,7 +436,7 @@ fn worker(
         let with_bulk = batch[0].traffic == Traffic::Bulk;
         let until = Instant::now() + cfg.max_batch_delay;
         while batch.len() < cfg.max_batch_size {
-            match queue.next(Some(until), with_bulk) {
+            match queue.next(until, with_bulk) {
                 Next::Job(job) => batch.push(job),
                 Next::TimedOut | Next::Closed => break,
             }
@@ -387,6 +486,7 @@ fn worker(
         let started = Instant::now();
         let result = backend.infer(&input, n);
         let inference_time = started.elapsed();
+        queue.done();
         histogram!(m::INFERENCE_DURATION).record(inference_time.as_secs_f64());
         histogram!(m::BATCH_SIZE).record(n as f64);
         match result {
@@ -527,6 +627,110 @@ mod tests {
                 vec![9, 10, 100, 101]
             ],
         );
+    }
+
+    /// Logs which worker ran each batch; `gate`, when set, holds the
+    /// first batch until the test opens it.
+    struct WhoBackend {
+        worker: usize,
+        ran: Arc<Mutex<Vec<usize>>>,
+        entered: Option<mpsc::Sender<()>>,
+        gate: Option<mpsc::Receiver<()>>,
+    }
+
+    impl Backend for WhoBackend {
+        fn infer(&mut self, _input: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
+            if let (Some(entered), Some(gate)) = (self.entered.take(), self.gate.take()) {
+                let _ = entered.send(());
+                let _ = gate.recv();
+            }
+            self.ran.lock().unwrap().push(self.worker);
+            Ok(vec![0f32; n * CLASSES])
+        }
+    }
+
+    fn config(max_batch_size: usize) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_size,
+            max_batch_delay: Duration::ZERO,
+            max_queue: 64,
+            policy: QueuePolicy::Priority,
+        }
+    }
+
+    #[test]
+    fn light_load_stays_on_the_lowest_idle_worker() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let backends: Vec<Box<dyn Backend>> = (0..3)
+            .map(|worker| {
+                Box::new(WhoBackend {
+                    worker,
+                    ran: ran.clone(),
+                    entered: None,
+                    gate: None,
+                }) as Box<dyn Backend>
+            })
+            .collect();
+        let b = Batcher::start(backends, config(4));
+        while b.idle.words[0].load(Ordering::SeqCst) != 0b111 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // One call at a time, each sent the moment the last is answered.
+        for id in 0..40 {
+            submit(&b, id, Traffic::Interactive)
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        b.shutdown();
+        let ran = ran.lock().unwrap();
+        assert_eq!(ran.len(), 40);
+        assert!(
+            ran.iter().all(|&w| w == 0),
+            "sequential calls should all run on worker 0, ran on {ran:?}"
+        );
+    }
+
+    #[test]
+    fn a_busy_worker_wakes_an_idle_one() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let mut gate = Some((entered_tx, gate));
+        let backends: Vec<Box<dyn Backend>> = (0..2)
+            .map(|worker| {
+                let (entered, gate) = gate.take().unzip();
+                Box::new(WhoBackend {
+                    worker,
+                    ran: ran.clone(),
+                    entered,
+                    gate,
+                }) as Box<dyn Backend>
+            })
+            .collect();
+        let b = Batcher::start(backends, config(1));
+        // Wait until both workers have parked, so the first call goes to 0.
+        while b.idle.words[0].load(Ordering::SeqCst) != 0b11 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first = submit(&b, 0, Traffic::Interactive);
+        entered.recv().unwrap();
+        // Worker 0 is held inside its first batch: the next call must be
+        // run by worker 1, not wait for worker 0.
+        let (done_tx, done) = mpsc::channel();
+        let second = submit(&b, 1, Traffic::Interactive);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(second.blocking_recv());
+        });
+        let answer = done.recv_timeout(Duration::from_secs(20));
+        open.send(()).unwrap();
+        first.blocking_recv().unwrap().unwrap();
+        answer
+            .expect("the second call was answered while worker 0 was busy")
+            .unwrap()
+            .unwrap();
+        b.shutdown();
+        assert_eq!(*ran.lock().unwrap(), vec![1, 0]);
     }
 
     #[test]
