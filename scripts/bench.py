@@ -10,13 +10,17 @@ to the same raw limit, with the client's own CPU use. Its Python comes from
 .venv-bench, made from scripts/bench-requirements.txt on first use
 (MNISTER_BENCH_PYTHON names another interpreter instead).
 
-Usage: scripts/bench.py [--quick] [--foreign-only] [--no-build] [--out runs/bench]
+Usage: scripts/bench.py [--quick] [--foreign-only] [--tracing-only] [--gap-only] [--no-build] [--out runs/bench]
 --quick (about a minute) measures only the ratios, to catch regressions,
 and the foreign clients at concurrency 16 only.
 --foreign-only measures the raw limit and then only the foreign clients
 (results go to results-foreign.json, not results.json).
 Every run ends with the tracing overhead: unary c64 with OpenTelemetry export
 on (sampling 1.0, to scripts/otlp-sink.py) against export off.
+--gap-only measures the in-server inference cost (batch-1 ONNX Runtime time
+inside the server against the raw loop, with context switches per call and
+the share of batches each worker ran) and then issue 4's open-loop bar
+(6 runs at 50% of the unary peak).
 --no-build skips the cargo build and uses target/release as it is.
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as the bars in issue 4 ask.
@@ -203,6 +207,93 @@ def tracing_overhead(dur, limit):
     return {"rows": [{"label": l, **r} for l, r in rows], "ratio": ratio, "sink": got}
 
 
+def scrape(server):
+    """The server's /metrics as {series: value}, series with their labels."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def threads(pid):
+    """{thread name: (cpu seconds, context switches)} of a process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+            status = open(f"/proc/{pid}/task/{tid}/status").read()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        f = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(f[11]) + int(f[12])) / tick
+        cs = sum(int(l.split()[1]) for l in status.splitlines() if l.endswith("ctxt_switches") or "ctxt_switches:" in l)
+        a, b = out.get(name, (0.0, 0))
+        out[name] = (a + cpu, b + cs)
+    return out
+
+
+def inference_gap():
+    """Issue 18: the ONNX Runtime time of a batch-1 inference inside the
+    server (mean of mnister_inference_duration_seconds at concurrency 1)
+    against the raw loop on one session, the same backend code and model;
+    then issue 4's open-loop bar."""
+    rawr = raw([1], ["1x1"], 5)[0]
+    raw_ms = 1000 / rawr["images_per_second"]
+    print(f"\n## In-server inference cost (batch 1, concurrency 1, 8 s per run)\n")
+    print(f"raw loop, 1 session, batch 1: {rawr['images_per_second']:,.0f} img/s = {raw_ms:.3f} ms per inference\n")
+    print("| server | calls/s | mean ms per inference | / raw | mean batch | context switches per call | share of CPU on batch worker 0 |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for flags in [[], ["--sessions", "1"]] * 2:
+        srv = Server(flags)
+        try:
+            client(srv, "--duration", "2s", "--concurrency", "1")  # warm-up
+            m0, t0 = scrape(srv), threads(srv.p.pid)
+            r = client(srv, "--duration", "8s", "--concurrency", "1")
+            m1, t1 = scrape(srv), threads(srv.p.pid)
+        finally:
+            srv.stop()
+        d = lambda k: m1.get(k, 0) - m0.get(k, 0)
+        n = d("mnister_inference_duration_seconds_count")
+        ms = 1000 * d("mnister_inference_duration_seconds_sum") / n
+        mean_batch = d("mnister_batch_size_sum") / max(d("mnister_batch_size_count"), 1)
+        calls = r["throughput"] * 8
+        cs = sum(t1[k][1] - t0.get(k, (0, 0))[1] for k in t1) / calls
+        workers = {k: t1[k][0] - t0.get(k, (0, 0))[0] for k in t1 if k.startswith("mnister-batch")}
+        share = workers.get("mnister-batch-0", 0) / max(sum(workers.values()), 1e-9)
+        label = " ".join(flags) or "default (2 sessions)"
+        rows.append({"flags": label, "throughput": r["throughput"], "ms": ms, "ratio": ms / raw_ms,
+                     "mean_batch": mean_batch, "switches_per_call": cs, "worker0_cpu_share": share})
+        print(f"| {label} | {r['throughput']:,.0f} | {ms:.3f} | {ms / raw_ms:.2f} | {mean_batch:.2f} | {cs:.1f} | {share:.0%} |")
+
+    srv = Server([])
+    try:
+        peak = client(srv, "--duration", "5s", "--concurrency", "64")["throughput"]
+        rps = peak * 0.5
+        print(f"\n## Open-loop latency at 50% of the unary peak (issue 4's bar: p99 ≤ 10 ms in ≥ 5 of 6 runs)\n")
+        print(f"unary peak (c64, closed loop) = {peak:,.0f} req/s; offered {rps:,.0f} req/s\n")
+        print("| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |")
+        print("|---|---|---|---|---|---|")
+        runs = []
+        for i in range(6):
+            r = client(srv, "--rps", f"{rps:.0f}", "--concurrency", "512", "--duration", "10s")
+            l = r["latency"]
+            runs.append(r)
+            print(f"| {i + 1} | {r['throughput']:,.0f} | {l['p50_us'] / 1000:.2f} | {l['p99_us'] / 1000:.2f} | "
+                  f"{l['p999_us'] / 1000:.2f} | {sum(r['errors'].values())} |")
+    finally:
+        srv.stop()
+    ok = sum(r["latency"]["p99_us"] <= 10_000 for r in runs)
+    print(f"\n{ok} of 6 runs with p99 ≤ 10 ms: {'PASS' if ok >= 5 else 'MISS'}")
+    return {"raw": rawr, "raw_ms": raw_ms, "rows": rows, "unary_peak": peak, "open_loop": runs, "open_loop_ok": ok}
+
+
 def row(name, r, limit):
     lat = r["latency"]
     errs = sum(r["errors"].values())
@@ -215,6 +306,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--foreign-only", action="store_true", help="the raw limit and the foreign clients only")
     ap.add_argument("--tracing-only", action="store_true", help="the raw limit and the tracing overhead only")
+    ap.add_argument("--gap-only", action="store_true", help="the in-server inference cost and the open-loop bar only")
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is, without cargo build")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench"))
     a = ap.parse_args()
@@ -223,11 +315,17 @@ def main():
         sh(["cargo", "build", "--release", "--bin", "mnister-server", "--bin", "mnister", "--bin", "mnister-baseline"])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = ((" --quick" if a.quick else "") + (" --foreign-only" if a.foreign_only else "")
-             + (" --tracing-only" if a.tracing_only else ""))
+             + (" --tracing-only" if a.tracing_only else "") + (" --gap-only" if a.gap_only else ""))
     print(f"machine: {os.cpu_count()} cores, {cpu}; command: scripts/bench.py{flags}")
     results = {"machine": {"cores": os.cpu_count(), "cpu": cpu}}
 
     dur = "5s" if a.quick else "10s"
+    if a.gap_only:
+        results["gap"] = inference_gap()
+        with open(os.path.join(a.out, "results-gap.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nresults: {os.path.join(a.out, 'results-gap.json')}")
+        return
     if a.quick:
         rawr = raw([64], ["1x2", "2x1"], 3)
     else:
