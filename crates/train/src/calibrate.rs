@@ -6,7 +6,10 @@
 //! The threshold is chosen on validation data that includes field
 //! renderings of the validation digits, never on test or field-test data:
 //! a threshold fitted on clean MNIST alone promised 99.9% and kept 96% on
-//! other people's handwriting.
+//! other people's handwriting. Each form is held to its own bar
+//! ([`FIELD_RISK_FACTOR`]) rather than pooled: pooled, the hardest forms'
+//! errors set the threshold for everyone and the clean digits pay in
+//! coverage, while an easy form could hide a hard one.
 
 use std::path::Path;
 
@@ -136,6 +139,43 @@ pub fn threshold_for(probs: &[f32], labels: &[u8], target: f64) -> Option<f32> {
     best
 }
 
+/// A field form may err this many times as often as clean digits among the
+/// answers a threshold keeps: a target of 99.9% on clean validation digits
+/// holds every field rendering of them to 99.5%, the split issue 16 asks
+/// for (MNIST test ≥ 99.9%, every field row ≥ 99.5%).
+pub const FIELD_RISK_FACTOR: f64 = 5.0;
+
+/// The lowest threshold at which the clean group keeps `target` accuracy
+/// and every field group keeps `1 - FIELD_RISK_FACTOR * (1 - target)`;
+/// None when no threshold does. A group that keeps no answer meets its bar.
+pub fn threshold_for_groups(
+    clean: (&[f32], &[u8]),
+    field: &[(&[f32], &[u8])],
+    target: f64,
+) -> Option<f32> {
+    let field_target = 1.0 - FIELD_RISK_FACTOR * (1.0 - target);
+    let groups = 1 + field.len();
+    let bar = |g: usize| if g == 0 { target } else { field_target };
+    let mut a: Vec<(f32, bool, usize)> = std::iter::once(clean)
+        .chain(field.iter().copied())
+        .enumerate()
+        .flat_map(|(g, (p, l))| answers(p, l).map(move |(c, ok)| (c, ok, g)))
+        .collect();
+    a.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let mut kept = vec![0usize; groups];
+    let mut right = vec![0usize; groups];
+    let mut best = None;
+    for (i, &(c, ok, g)) in a.iter().enumerate() {
+        kept[g] += 1;
+        right[g] += usize::from(ok);
+        let boundary = a.get(i + 1).is_none_or(|n| n.0 < c);
+        if boundary && (0..groups).all(|g| right[g] as f64 >= bar(g) * kept[g] as f64) {
+            best = Some(c);
+        }
+    }
+    best
+}
+
 /// (coverage, accuracy of the kept answers) at threshold `t`: an image the
 /// preprocessing refused counts as not kept.
 pub fn coverage_at(probs: &[f32], labels: &[u8], t: f32) -> (f64, f64) {
@@ -170,9 +210,14 @@ pub struct Calibration {
     pub temperature: f32,
     /// Kept-accuracy targets, e.g. 0.99, 0.995, 0.999.
     pub targets: Vec<f64>,
-    /// The threshold for each target, chosen on the validation set
-    /// (clean and field-rendered validation digits), after the temperature.
+    /// The threshold for each target, chosen on the validation set after
+    /// the temperature: the clean validation digits keep the target, each
+    /// field rendering of them `1 - field_risk_factor * (1 - target)`.
     pub thresholds: Vec<Option<f32>>,
+    /// See [`FIELD_RISK_FACTOR`]. Absent in reports made before it (they
+    /// pooled clean and field validation digits under one target).
+    #[serde(default)]
+    pub field_risk_factor: Option<f64>,
     /// Validation first, then MNIST test, then every field row.
     pub sets: Vec<SetCalibration>,
 }
@@ -180,14 +225,43 @@ pub struct Calibration {
 /// Kept-accuracy targets of the risk–coverage table.
 pub const TARGETS: [f64; 3] = [0.99, 0.995, 0.999];
 
-/// Fits the temperature and the thresholds on `val`, and describes every
-/// set with them. Each set is (name, probabilities at T = 1, labels).
-pub fn calibrate(val: (&str, &[f32], &[u8]), sets: &[(String, Vec<f32>, Vec<u8>)]) -> Calibration {
-    let t = fit_temperature(val.1, val.2);
-    let val_t = with_temperature(val.1, t);
+/// The validation data the temperature and the thresholds are fitted on:
+/// the clean validation digits first (`clean` images), then the field
+/// renderings of a sample of them, `per_form` images per form.
+pub struct Validation<'a> {
+    pub name: &'a str,
+    pub probs: &'a [f32],
+    pub labels: &'a [u8],
+    pub clean: usize,
+    pub per_form: usize,
+}
+
+impl Validation<'_> {
+    /// (clean group, field groups), probabilities after temperature `t`.
+    fn groups(&self, t: f32) -> (Vec<f32>, Vec<(usize, usize)>) {
+        let probs = with_temperature(self.probs, t);
+        let mut bounds = vec![(0, self.clean)];
+        let mut at = self.clean;
+        while self.per_form > 0 && at + self.per_form <= self.labels.len() {
+            bounds.push((at, at + self.per_form));
+            at += self.per_form;
+        }
+        (probs, bounds)
+    }
+}
+
+/// Fits the temperature on all of `val` and the thresholds on its groups
+/// ([`threshold_for_groups`]), and describes every set with them. Each set
+/// is (name, probabilities at T = 1, labels).
+pub fn calibrate(val: &Validation, sets: &[(String, Vec<f32>, Vec<u8>)]) -> Calibration {
+    let t = fit_temperature(val.probs, val.labels);
+    let (val_t, bounds) = val.groups(t);
+    let slice = |&(a, b): &(usize, usize)| (&val_t[a * 10..b * 10], &val.labels[a..b]);
+    let clean = slice(&bounds[0]);
+    let field: Vec<(&[f32], &[u8])> = bounds[1..].iter().map(slice).collect();
     let thresholds: Vec<Option<f32>> = TARGETS
         .iter()
-        .map(|&target| threshold_for(&val_t, val.2, target))
+        .map(|&target| threshold_for_groups(clean, &field, target))
         .collect();
     let describe = |name: &str, probs: &[f32], labels: &[u8]| {
         let after = with_temperature(probs, t);
@@ -202,12 +276,13 @@ pub fn calibrate(val: (&str, &[f32], &[u8]), sets: &[(String, Vec<f32>, Vec<u8>)
                 .collect(),
         }
     };
-    let mut out = vec![describe(val.0, val.1, val.2)];
+    let mut out = vec![describe(val.name, val.probs, val.labels)];
     out.extend(sets.iter().map(|(n, p, l)| describe(n, p, l)));
     Calibration {
         temperature: t,
         targets: TARGETS.to_vec(),
         thresholds,
+        field_risk_factor: Some(FIELD_RISK_FACTOR),
         sets: out,
     }
 }
@@ -341,6 +416,39 @@ mod tests {
         // At 98%, keeping everything does.
         assert_eq!(threshold_for(&p, &l, 0.98).unwrap(), 0.5);
         assert!(threshold_for(&p, &l, 1.01).is_none());
+    }
+
+    #[test]
+    fn each_group_is_held_to_its_own_bar() {
+        // Clean: 1,000 right at 0.99, one mistake at 0.95, 9 right at 0.9.
+        let mut spec = vec![(0.99, true); 1000];
+        spec.push((0.95, false));
+        spec.extend(vec![(0.9, true); 9]);
+        let clean = rows(&spec);
+        // A field form: 99 right at 0.999, a mistake at 0.97, 199 right at
+        // 0.93, a mistake at 0.92.
+        let mut spec = vec![(0.999, true); 99];
+        spec.push((0.97, false));
+        spec.extend(vec![(0.93, true); 199]);
+        spec.push((0.92, false));
+        let hard = rows(&spec);
+        let field = [(&hard.0[..], &hard.1[..])];
+        let c = (&clean.0[..], &clean.1[..]);
+        // Clean meets 99.9% at every threshold (1009/1010 at 0.9); the
+        // form's 99.5% holds at 0.93 (298/299), not at 0.97 (99/100) or
+        // 0.92 (298/300).
+        assert_eq!(threshold_for_groups(c, &field, 0.999), Some(0.93));
+        // Pooled under one 99.9% target, the form's mistakes push it up to
+        // 0.97 (1099/1100), and the clean digits at 0.95 and 0.9 are lost.
+        let pooled_p: Vec<f32> = clean.0.iter().chain(&hard.0).copied().collect();
+        let pooled_l: Vec<u8> = clean.1.iter().chain(&hard.1).copied().collect();
+        assert_eq!(threshold_for(&pooled_p, &pooled_l, 0.999), Some(0.97));
+        // With the form's mistakes made confident, no threshold meets its bar.
+        let bad = rows(&[(0.999, false), (0.999, true)]);
+        assert_eq!(
+            threshold_for_groups(c, &[(&bad.0[..], &bad.1[..])], 0.999),
+            None
+        );
     }
 
     #[test]

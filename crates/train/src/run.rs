@@ -290,7 +290,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
 
     // Confidence: one temperature and the reject thresholds, fitted on the
     // validation digits as they are and as the field rows render them.
-    let (val_probs, val_labels) = calibration_set(&mut backend, &train, &split.val)?;
+    let (val_probs, val_labels, per_form) = calibration_set(&mut backend, &train, &split.val)?;
     let mut sets = vec![(
         "MNIST test".to_string(),
         probs.clone(),
@@ -302,11 +302,13 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             .map(|f| (f.result.row.clone(), f.probs.clone(), test_labels.to_vec())),
     );
     let cal = calibrate::calibrate(
-        (
-            "validation (clean + field renderings)",
-            &val_probs,
-            &val_labels,
-        ),
+        &calibrate::Validation {
+            name: "validation (clean + field renderings)",
+            probs: &val_probs,
+            labels: &val_labels,
+            clean: split.val.len(),
+            per_form,
+        },
         &sets,
     );
     let t = cal.temperature;
@@ -403,12 +405,13 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
 
 /// The calibration set: the validation digits as they are, and each field
 /// row's rendering of a stratified sample of them (seeded apart from the
-/// test renderings). Returns (probabilities, labels).
+/// test renderings). Returns (probabilities, labels, images per field
+/// form), the clean digits first.
 fn calibration_set(
     backend: &mut dyn Backend,
     train: &Dataset,
     val: &[usize],
-) -> Result<(Vec<f32>, Vec<u8>)> {
+) -> Result<(Vec<f32>, Vec<u8>, usize)> {
     let images: Vec<MnistImage> = val.iter().map(|&i| data::image(train, i)).collect();
     let labels: Vec<u8> = val.iter().map(|&i| train.labels[i]).collect();
     let mut probs = evaluate::predict(backend, &images)?;
@@ -430,7 +433,7 @@ fn calibration_set(
         probs.extend(s.probs);
         all_labels.extend_from_slice(&sample_labels);
     }
-    Ok((probs, all_labels))
+    Ok((probs, all_labels, sample.len()))
 }
 
 /// Images per non-digit set.
@@ -638,8 +641,11 @@ pub fn markdown(r: &Report) -> String {
     if let Some(c) = &r.calibration {
         let _ = writeln!(
             s,
-            "\n### Confidence\n\nTemperature **{:.3}**, fitted on the validation digits and their field renderings, folded into the exported model (the last layer's weights and bias divided by it). Expected calibration error (15 bins) before and after, and the reject option: for each kept-accuracy target, the confidence threshold chosen on validation, and the share of answers it keeps (coverage) and their accuracy on each set.\n",
-            c.temperature
+            "\n### Confidence\n\nTemperature **{:.3}**, fitted on the validation digits and their field renderings, folded into the exported model (the last layer's weights and bias divided by it). Expected calibration error (15 bins) before and after, and the reject option: for each kept-accuracy target, the confidence threshold chosen on validation{}, and the share of answers it keeps (coverage) and their accuracy on each set.\n",
+            c.temperature,
+            c.field_risk_factor.map_or(String::new(), |k| format!(
+                " (the lowest at which the clean validation digits keep the target and each field rendering of them keeps 1 − {k}×(1 − target): 99.5% for 99.9%)"
+            ))
         );
         let mut head = String::from("| set | ECE before | ECE after |");
         let mut line = String::from("|---|---|---|");
