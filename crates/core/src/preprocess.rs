@@ -455,25 +455,29 @@ fn flatten_background(w: usize, h: usize, value: &[u8]) -> Vec<f32> {
         return even();
     }
     // Bilinear between tile centres.
-    let at = |gx_: f32, gy_: f32| -> f32 {
-        let fx = gx_.clamp(0.0, (gx - 1) as f32);
-        let fy = gy_.clamp(0.0, (gy - 1) as f32);
-        let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(gx - 1), (y0 + 1).min(gy - 1));
-        let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
-        let top = smooth[y0 * gx + x0] * (1.0 - ax) + smooth[y0 * gx + x1] * ax;
-        let bottom = smooth[y1 * gx + x0] * (1.0 - ax) + smooth[y1 * gx + x1] * ax;
-        top * (1.0 - ay) + bottom * ay
-    };
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
         let fy = (y as f32 + 0.5) / t as f32 - 0.5;
         for x in 0..w {
             let fx = (x as f32 + 0.5) / t as f32 - 0.5;
-            out.push((f32::from(value[y * w + x]) - at(fx, fy)).max(0.0));
+            let background = bilinear(&smooth, gx, gy, fx, fy);
+            out.push((f32::from(value[y * w + x]) - background).max(0.0));
         }
     }
     out
+}
+
+/// `src` (`w x h`) sampled bilinearly at (x, y) in pixel-centre
+/// coordinates, clamped to the edge pixels.
+pub fn bilinear(src: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
+    let x = x.clamp(0.0, (w - 1) as f32);
+    let y = y.clamp(0.0, (h - 1) as f32);
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (ax, ay) = (x - x0 as f32, y - y0 as f32);
+    let top = src[y0 * w + x0] * (1.0 - ax) + src[y0 * w + x1] * ax;
+    let bottom = src[y1 * w + x0] * (1.0 - ax) + src[y1 * w + x1] * ax;
+    top * (1.0 - ay) + bottom * ay
 }
 
 /// MNIST's strokes are about 2.3 px wide in the 20 px box.

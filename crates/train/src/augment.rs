@@ -431,16 +431,7 @@ fn upscale(img: &MnistImage, side: usize) -> Vec<f32> {
 /// Bilinear resampling (area-averaged when shrinking by sampling a 2x2
 /// grid per output pixel), values stay in 0..1.
 fn resize(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
-    let at = |x: f32, y: f32| -> f32 {
-        let x = x.clamp(0.0, (sw - 1) as f32);
-        let y = y.clamp(0.0, (sh - 1) as f32);
-        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(sw - 1), (y0 + 1).min(sh - 1));
-        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-        let top = src[y0 * sw + x0] * (1.0 - fx) + src[y0 * sw + x1] * fx;
-        let bottom = src[y1 * sw + x0] * (1.0 - fx) + src[y1 * sw + x1] * fx;
-        top * (1.0 - fy) + bottom * fy
-    };
+    let at = |x: f32, y: f32| mnister_core::preprocess::bilinear(src, sw, sh, x, y);
     let (kx, ky) = (sw as f32 / dw as f32, sh as f32 / dh as f32);
     let sub = if kx > 1.5 || ky > 1.5 { 4 } else { 1 };
     let mut out = Vec::with_capacity(dw * dh);
