@@ -21,7 +21,9 @@ on (sampling 1.0, to scripts/otlp-sink.py) against export off.
 inside the server against the raw loop, with context switches per call and
 the share of batches each worker ran) and then issue 4's open-loop bar
 (6 runs at 50% of the unary peak).
---no-build skips the cargo build and uses target/release as it is.
+--no-build skips the cargo build and uses target/release as it is;
+MNISTER_BENCH_SERVER names another server binary (an A/B against an older
+build).
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as the bars in issue 4 ask.
 """
@@ -48,7 +50,7 @@ class Server:
         self.grpc, self.metrics = free_port(), free_port()
         self.t0 = time.time()
         self.p = subprocess.Popen(
-            [f"{REL}/mnister-server", "--grpc-addr", f"127.0.0.1:{self.grpc}",
+            [os.environ.get("MNISTER_BENCH_SERVER", f"{REL}/mnister-server"), "--grpc-addr", f"127.0.0.1:{self.grpc}",
              "--metrics-addr", f"127.0.0.1:{self.metrics}", "--http-addr", "127.0.0.1:0", *flags],
             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info,ort=warn"})
         self.startup_ms = None

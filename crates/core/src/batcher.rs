@@ -165,7 +165,9 @@ struct Idle {
 impl Idle {
     fn new(workers: usize) -> Self {
         Idle {
-            words: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            words: (0..workers.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             threads: OnceLock::new(),
         }
     }
