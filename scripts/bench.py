@@ -18,9 +18,11 @@ and the foreign clients at concurrency 16 only.
 Every run ends with the tracing overhead: unary c64 with OpenTelemetry export
 on (sampling 1.0, to scripts/otlp-sink.py) against export off.
 --gap-only measures the in-server inference cost (batch-1 ONNX Runtime time
-inside the server against the raw loop, with context switches per call and
-the share of batches each worker ran) and then issue 4's open-loop bar
-(6 runs at 50% of the unary peak).
+inside the server against the raw loop, the raw loop with an idle sleep or a
+cache-sized write after each inference, the server with and without
+--worker-spin, context switches and CPU per call, the share of batches each
+worker ran) and then issue 4's open-loop bar (6 runs at 50% of the unary
+peak) with and without --worker-spin.
 --no-build skips the cargo build and uses target/release as it is;
 MNISTER_BENCH_SERVER names another server binary (an A/B against an older
 build).
@@ -79,9 +81,9 @@ def client(server, *args):
     return json.loads(out)
 
 
-def raw(batches, layouts, seconds):
+def raw(batches, layouts, seconds, extra=()):
     out = sh([f"{REL}/mnister-baseline", "--json", "--batch", ",".join(map(str, batches)),
-              "--layouts", ",".join(layouts), "--seconds", str(seconds)])
+              "--layouts", ",".join(layouts), "--seconds", str(seconds), *extra])
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
@@ -240,19 +242,33 @@ def threads(pid):
     return out
 
 
+SPIN = ["--worker-spin", "1ms"]
+
+
 def inference_gap():
     """Issue 18: the ONNX Runtime time of a batch-1 inference inside the
     server (mean of mnister_inference_duration_seconds at concurrency 1)
     against the raw loop on one session, the same backend code and model;
-    then issue 4's open-loop bar."""
-    rawr = raw([1], ["1x1"], 5)[0]
-    raw_ms = 1000 / rawr["images_per_second"]
+    the raw loop again with the server's duty cycle imitated (an idle sleep,
+    or a cache-sized write, after each inference); the server with idle
+    workers polling (--worker-spin); then issue 4's open-loop bar with and
+    without it."""
+    raws = {}
+    for label, flags in [("back to back", []), ("idle 700 µs after each", ["--idle-us", "700"]),
+                         ("2 MiB written after each", ["--pollute-kib", "2048"])] * 2:
+        r = raw([1], ["1x1"], 4, flags)[0]
+        raws.setdefault(label, []).append(r["ms_per_inference"])
+    raw_ms = sum(raws["back to back"]) / 2
     print(f"\n## In-server inference cost (batch 1, concurrency 1, 8 s per run)\n")
-    print(f"raw loop, 1 session, batch 1: {rawr['images_per_second']:,.0f} img/s = {raw_ms:.3f} ms per inference\n")
-    print("| server | calls/s | mean ms per inference | / raw | mean batch | context switches per call | share of CPU on batch worker 0 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| raw loop, 1 session, batch 1 | ms per inference (two runs) |")
+    print("|---|---|")
+    for label, v in raws.items():
+        print(f"| {label} | {v[0]:.3f}, {v[1]:.3f} |")
+    print(f"\nbaseline (back to back, mean) = {raw_ms:.3f} ms\n")
+    print("| server | calls/s | p50 ms | mean ms per inference | / raw | mean batch | context switches per call | share of CPU on batch worker 0 | server CPU s per call |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for flags in [[], ["--sessions", "1"]] * 2:
+    for flags in [[], SPIN] * 2:
         srv = Server(flags)
         try:
             client(srv, "--duration", "2s", "--concurrency", "1")  # warm-up
@@ -267,33 +283,41 @@ def inference_gap():
         mean_batch = d("mnister_batch_size_sum") / max(d("mnister_batch_size_count"), 1)
         calls = r["throughput"] * 8
         cs = sum(t1[k][1] - t0.get(k, (0, 0))[1] for k in t1) / calls
+        cpu = sum(t1[k][0] - t0.get(k, (0, 0))[0] for k in t1) / calls
         workers = {k: t1[k][0] - t0.get(k, (0, 0))[0] for k in t1 if k.startswith("mnister-batch")}
         share = workers.get("mnister-batch-0", 0) / max(sum(workers.values()), 1e-9)
-        label = " ".join(flags) or "default (2 sessions)"
-        rows.append({"flags": label, "throughput": r["throughput"], "ms": ms, "ratio": ms / raw_ms,
-                     "mean_batch": mean_batch, "switches_per_call": cs, "worker0_cpu_share": share})
-        print(f"| {label} | {r['throughput']:,.0f} | {ms:.3f} | {ms / raw_ms:.2f} | {mean_batch:.2f} | {cs:.1f} | {share:.0%} |")
+        label = " ".join(flags) or "default"
+        rows.append({"flags": label, "throughput": r["throughput"], "p50_ms": r["latency"]["p50_us"] / 1000,
+                     "ms": ms, "ratio": ms / raw_ms, "mean_batch": mean_batch, "switches_per_call": cs,
+                     "worker0_cpu_share": share, "cpu_s_per_call": cpu})
+        print(f"| {label} | {r['throughput']:,.0f} | {r['latency']['p50_us'] / 1000:.2f} | {ms:.3f} | "
+              f"{ms / raw_ms:.2f} | {mean_batch:.2f} | {cs:.1f} | {share:.0%} | {cpu * 1000:.2f} ms |")
 
-    srv = Server([])
-    try:
-        peak = client(srv, "--duration", "5s", "--concurrency", "64")["throughput"]
-        rps = peak * 0.5
-        print(f"\n## Open-loop latency at 50% of the unary peak (issue 4's bar: p99 ≤ 10 ms in ≥ 5 of 6 runs)\n")
-        print(f"unary peak (c64, closed loop) = {peak:,.0f} req/s; offered {rps:,.0f} req/s\n")
-        print("| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |")
-        print("|---|---|---|---|---|---|")
-        runs = []
-        for i in range(6):
-            r = client(srv, "--rps", f"{rps:.0f}", "--concurrency", "512", "--duration", "10s")
-            l = r["latency"]
-            runs.append(r)
-            print(f"| {i + 1} | {r['throughput']:,.0f} | {l['p50_us'] / 1000:.2f} | {l['p99_us'] / 1000:.2f} | "
-                  f"{l['p999_us'] / 1000:.2f} | {sum(r['errors'].values())} |")
-    finally:
-        srv.stop()
-    ok = sum(r["latency"]["p99_us"] <= 10_000 for r in runs)
-    print(f"\n{ok} of 6 runs with p99 ≤ 10 ms: {'PASS' if ok >= 5 else 'MISS'}")
-    return {"raw": rawr, "raw_ms": raw_ms, "rows": rows, "unary_peak": peak, "open_loop": runs, "open_loop_ok": ok}
+    open_loop = {}
+    for flags in [[], SPIN]:
+        label = " ".join(flags) or "default"
+        srv = Server(flags)
+        try:
+            peak = client(srv, "--duration", "5s", "--concurrency", "64")["throughput"]
+            rps = peak * 0.5
+            print(f"\n## Open-loop latency at 50% of the unary peak, server {label} "
+                  f"(issue 4's bar: p99 ≤ 10 ms in ≥ 5 of 6 runs)\n")
+            print(f"unary peak (c64, closed loop) = {peak:,.0f} req/s; offered {rps:,.0f} req/s\n")
+            print("| run | req/s | p50 ms | p99 ms | p99.9 ms | errors |")
+            print("|---|---|---|---|---|---|")
+            runs = []
+            for i in range(6):
+                r = client(srv, "--rps", f"{rps:.0f}", "--concurrency", "512", "--duration", "10s")
+                l = r["latency"]
+                runs.append(r)
+                print(f"| {i + 1} | {r['throughput']:,.0f} | {l['p50_us'] / 1000:.2f} | {l['p99_us'] / 1000:.2f} | "
+                      f"{l['p999_us'] / 1000:.2f} | {sum(r['errors'].values())} |")
+        finally:
+            srv.stop()
+        ok = sum(r["latency"]["p99_us"] <= 10_000 for r in runs)
+        print(f"\n{ok} of 6 runs with p99 ≤ 10 ms: {'PASS' if ok >= 5 else 'MISS'}")
+        open_loop[label] = {"unary_peak": peak, "runs": runs, "ok": ok}
+    return {"raw": raws, "raw_ms": raw_ms, "rows": rows, "open_loop": open_loop}
 
 
 def row(name, r, limit):

@@ -98,6 +98,13 @@ pub struct ServerArgs {
     #[arg(long, env = "MNISTER_MAX_BATCH_DELAY", default_value = "0ms", value_parser = duration)]
     pub max_batch_delay: Duration,
 
+    /// How long an idle batch worker polls for work before it sleeps. A
+    /// sleeping core wakes slower for the next inference; polling keeps it
+    /// warm through a light load's gaps and spends that core meanwhile
+    /// (docs/benchmarks.md, "In-server inference cost").
+    #[arg(long, env = "MNISTER_WORKER_SPIN", default_value = "0ms", value_parser = duration)]
+    pub worker_spin: Duration,
+
     /// ONNX Runtime sessions, each on its own worker thread.
     #[arg(long, env = "MNISTER_SESSIONS", default_value_t = cores())]
     pub sessions: usize,
@@ -320,6 +327,7 @@ impl ServerArgs {
             batcher: BatcherConfig {
                 max_batch_size: self.max_batch_size,
                 max_batch_delay: self.max_batch_delay,
+                idle_spin: self.worker_spin,
                 max_queue: self.max_queue,
                 policy: self.queue_policy,
             },

@@ -230,6 +230,7 @@ pub async fn serve(
         intra_threads = args.intra_threads,
         max_batch_size = args.max_batch_size,
         max_batch_delay_us = args.max_batch_delay.as_micros() as u64,
+        worker_spin_us = args.worker_spin.as_micros() as u64,
         max_queue = args.max_queue,
         max_image_bytes = args.max_image_bytes,
         max_pixels = args.max_pixels,

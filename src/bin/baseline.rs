@@ -47,6 +47,15 @@ struct Args {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Sleep this long after each inference, as a server worker waits for
+    /// its next call: shows what an idle CPU costs the next inference,
+    /// apart from any server code.
+    #[arg(long, default_value_t = 0)]
+    idle_us: u64,
+    /// Write this many KiB of memory after each inference, as the rest of a
+    /// call does between inferences: shows what a cold cache costs.
+    #[arg(long, default_value_t = 0)]
+    pollute_kib: usize,
 }
 
 fn parse_layout(s: &str) -> Result<(usize, usize), String> {
@@ -78,7 +87,10 @@ fn main() -> anyhow::Result<()> {
             model.version(),
             args.seconds
         );
-        println!("{:>8} {:>6} {:>12}", "layout", "batch", "img/s");
+        println!(
+            "{:>8} {:>6} {:>12} {:>16}",
+            "layout", "batch", "img/s", "ms per inference"
+        );
     }
     for layout in &args.layouts {
         let (sessions, threads) = parse_layout(layout).map_err(anyhow::Error::msg)?;
@@ -87,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         for &batch in &args.batch {
             let done = Arc::new(AtomicU64::new(0));
+            let busy_ns = Arc::new(AtomicU64::new(0));
+            let runs = Arc::new(AtomicU64::new(0));
+            let (idle, pollute_kib) = (Duration::from_micros(args.idle_us), args.pollute_kib);
             let stop = Arc::new(AtomicBool::new(false));
             let counting = Arc::new(AtomicBool::new(false));
             let handles: Vec<_> = backends
@@ -94,11 +109,26 @@ fn main() -> anyhow::Result<()> {
                 .map(|mut b| {
                     let (done, stop, counting, input) =
                         (done.clone(), stop.clone(), counting.clone(), input.clone());
+                    let (busy_ns, runs) = (busy_ns.clone(), runs.clone());
                     std::thread::spawn(move || {
+                        let mut scratch = vec![0u8; pollute_kib * 1024];
+                        let mut round = 0u8;
                         while !stop.load(Ordering::Relaxed) {
+                            let t = Instant::now();
                             b.infer(&input[..batch * PIXELS], batch).expect("inference");
+                            let took = t.elapsed();
                             if counting.load(Ordering::Relaxed) {
                                 done.fetch_add(batch as u64, Ordering::Relaxed);
+                                busy_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                                runs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if !scratch.is_empty() {
+                                round = round.wrapping_add(1);
+                                scratch.iter_mut().step_by(64).for_each(|x| *x = round);
+                                std::hint::black_box(&scratch);
+                            }
+                            if !idle.is_zero() {
+                                std::thread::sleep(idle);
                             }
                         }
                         b
@@ -117,13 +147,16 @@ fn main() -> anyhow::Result<()> {
                 .map(|h| h.join().expect("bench thread"))
                 .collect();
             let rate = n as f64 / secs;
+            let ms = busy_ns.load(Ordering::Relaxed) as f64
+                / 1e6
+                / runs.load(Ordering::Relaxed).max(1) as f64;
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"layout": layout, "sessions": sessions, "threads": threads, "batch": batch, "images_per_second": rate})
+                    serde_json::json!({"layout": layout, "sessions": sessions, "threads": threads, "batch": batch, "images_per_second": rate, "ms_per_inference": ms, "idle_us": args.idle_us, "pollute_kib": pollute_kib})
                 );
             } else {
-                println!("{layout:>8} {batch:>6} {rate:>12.0}");
+                println!("{layout:>8} {batch:>6} {rate:>12.0} {ms:>16.3}");
             }
         }
     }

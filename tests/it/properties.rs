@@ -168,6 +168,7 @@ proptest! {
         let config = BatcherConfig {
             max_batch_size,
             max_batch_delay: Duration::from_micros(batch_delay_us),
+            idle_spin: Duration::ZERO,
             max_queue: 1024,
             policy,
         };

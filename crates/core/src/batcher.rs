@@ -22,7 +22,7 @@
 //! needs them. (Waiting on a shared channel woke idle workers in turn, so
 //! each inference started on a cold cache and often a migrated thread.)
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -41,6 +41,11 @@ pub struct BatcherConfig {
     pub max_batch_delay: Duration,
     pub max_queue: usize,
     pub policy: QueuePolicy,
+    /// How long an idle worker polls the lanes before it parks. A parked
+    /// worker's CPU goes idle, and the next inference on it runs slower
+    /// (docs/benchmarks.md, "In-server inference cost"); polling keeps the
+    /// core busy through a light load's gaps, at the price of that core.
+    pub idle_spin: Duration,
 }
 
 /// How the two lanes share the sessions.
@@ -160,6 +165,8 @@ pub struct Batcher {
 struct Idle {
     words: Vec<AtomicU64>,
     threads: OnceLock<Vec<Thread>>,
+    /// Set once the lanes are closing, for workers that poll.
+    closing: AtomicBool,
 }
 
 impl Idle {
@@ -169,7 +176,16 @@ impl Idle {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             threads: OnceLock::new(),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    fn is_set(&self, i: usize) -> bool {
+        self.words[i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) != 0
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     fn set(&self, i: usize) {
@@ -200,6 +216,7 @@ impl Idle {
 
     /// Wakes every worker, to see the lanes closed.
     fn wake_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         for t in self.threads.get().into_iter().flatten() {
             t.unpark();
         }
@@ -223,6 +240,7 @@ impl Batcher {
                     bulk: bulk_rx.clone(),
                     me: i,
                     idle: idle.clone(),
+                    spin: config.idle_spin,
                 };
                 let depth = depth.clone();
                 std::thread::Builder::new()
@@ -323,6 +341,8 @@ struct Queue {
     /// This worker's index: its bit in `idle`.
     me: usize,
     idle: Arc<Idle>,
+    /// Polling before parking ([`BatcherConfig::idle_spin`]).
+    spin: Duration,
 }
 
 enum Next {
@@ -355,6 +375,23 @@ impl Queue {
             if let Some(next) = take() {
                 self.idle.clear(self.me);
                 return next;
+            }
+            // Polling instead of parking, with the same hand-off: a submit
+            // claims this worker by clearing its bit (and leaves an unpark
+            // token, which only makes a later park return at once).
+            if !self.spin.is_zero() {
+                let until = Instant::now() + self.spin;
+                while self.idle.is_set(self.me) && !self.idle.is_closing() {
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+                if !self.idle.is_set(self.me) || self.idle.is_closing() {
+                    continue;
+                }
             }
             // Woken by a submit (which cleared the bit), a shutdown, or
             // spuriously: look again either way.
@@ -584,6 +621,7 @@ mod tests {
             BatcherConfig {
                 max_batch_size: 4,
                 max_batch_delay: Duration::ZERO,
+                idle_spin: Duration::ZERO,
                 max_queue: 64,
                 policy,
             },
@@ -655,6 +693,7 @@ mod tests {
         BatcherConfig {
             max_batch_size,
             max_batch_delay: Duration::ZERO,
+            idle_spin: Duration::ZERO,
             max_queue: 64,
             policy: QueuePolicy::Priority,
         }
@@ -691,6 +730,50 @@ mod tests {
             ran.iter().all(|&w| w == 0),
             "sequential calls should all run on worker 0, ran on {ran:?}"
         );
+    }
+
+    #[test]
+    fn polling_workers_keep_the_hand_off_and_still_shut_down() {
+        // Workers that never park (an hour of polling): calls are still
+        // handed to the lowest free worker, and shutdown does not wait for
+        // the polling to time out.
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let backends: Vec<Box<dyn Backend>> = (0..2)
+            .map(|worker| {
+                Box::new(WhoBackend {
+                    worker,
+                    ran: ran.clone(),
+                    entered: None,
+                    gate: None,
+                }) as Box<dyn Backend>
+            })
+            .collect();
+        let b = Batcher::start(
+            backends,
+            BatcherConfig {
+                idle_spin: Duration::from_secs(3600),
+                ..config(4)
+            },
+        );
+        while b.idle.words[0].load(Ordering::SeqCst) != 0b11 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for id in 0..40 {
+            submit(&b, id, Traffic::Interactive)
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            b.shutdown();
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(Duration::from_secs(20))
+            .expect("shutdown returned while the workers were polling");
+        let ran = ran.lock().unwrap();
+        assert_eq!(ran.len(), 40);
+        assert!(ran.iter().all(|&w| w == 0), "ran on {ran:?}");
     }
 
     #[test]
@@ -750,6 +833,7 @@ mod tests {
             BatcherConfig {
                 max_batch_size: 2,
                 max_batch_delay: Duration::from_millis(1),
+                idle_spin: Duration::ZERO,
                 max_queue: 64,
                 policy: QueuePolicy::Priority,
             },

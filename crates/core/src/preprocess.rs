@@ -22,6 +22,13 @@ const BOX: f32 = 20.0;
 const BBOX_THRESHOLD: f32 = 0.25;
 /// Ink below this fraction is cleared to background.
 const NOISE_FLOOR: f32 = 0.10;
+/// A blob of ink smaller than this share of the largest blob is a speck
+/// (sensor noise, a JPEG artefact, a shadow at a photo's edge), and does not
+/// stretch the crop unless it lies next to the digit.
+const SPECK_SHARE: f32 = 0.05;
+/// How near the digit's box, as a share of its longer side, a speck still
+/// counts as part of it (a broken-off stroke end).
+const SPECK_REACH: f32 = 0.1;
 /// Images whose ink and background differ by less than this (of 255) are
 /// treated as blank.
 const MIN_CONTRAST: f32 = 40.0;
@@ -295,19 +302,9 @@ pub fn preprocess_gray(w: usize, h: usize, gray: &[u8]) -> Result<MnistImage, Pr
         if n < NOISE_FLOOR { 0.0 } else { n }
     };
 
-    // Crop to the ink's bounding box.
-    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0usize, 0usize);
-    for y in 0..h {
-        for (x, &v) in ink[y * w..(y + 1) * w].iter().enumerate() {
-            if norm(v) >= BBOX_THRESHOLD {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-                y0 = y0.min(y);
-                y1 = y1.max(y);
-            }
-        }
-    }
-    debug_assert!(x0 <= x1 && y0 <= y1, "the brightest pixel is always ink");
+    // Crop to the ink's bounding box, specks far from the digit left out.
+    let mask: Vec<bool> = ink.iter().map(|&v| norm(v) >= BBOX_THRESHOLD).collect();
+    let [x0, y0, x1, y1] = ink_box(w, h, &mask);
     let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
     let scale = BOX / cw.max(ch) as f32;
 
@@ -376,6 +373,68 @@ pub fn preprocess_gray(w: usize, h: usize, gray: &[u8]) -> Result<MnistImage, Pr
         }
     }
     Ok(out)
+}
+
+/// The bounding box `[x0, y0, x1, y1]` (inclusive) of the digit in an ink
+/// mask: the 8-connected blobs of at least [`SPECK_SHARE`] of the largest
+/// one, and any smaller blob within [`SPECK_REACH`] of their box. A photo's
+/// noise or a dark corner would otherwise stretch the crop across the frame
+/// and leave the digit a few pixels wide in it. The mask has ink somewhere.
+fn ink_box(w: usize, h: usize, mask: &[bool]) -> [usize; 4] {
+    // Flood fill; each blob as (pixels, box).
+    let mut seen = vec![false; mask.len()];
+    let mut blobs: Vec<(usize, [usize; 4])> = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let (mut n, mut b) = (0, [usize::MAX, usize::MAX, 0, 0]);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            n += 1;
+            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+            for ny in y.saturating_sub(1)..(y + 2).min(h) {
+                for nx in x.saturating_sub(1)..(x + 2).min(w) {
+                    let j = ny * w + nx;
+                    if mask[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        blobs.push((n, b));
+    }
+    let largest = blobs.iter().map(|b| b.0).max().unwrap_or(0);
+    let union = |a: [usize; 4], b: [usize; 4]| {
+        [
+            a[0].min(b[0]),
+            a[1].min(b[1]),
+            a[2].max(b[2]),
+            a[3].max(b[3]),
+        ]
+    };
+    let mut bbox = blobs
+        .iter()
+        .filter(|b| b.0 as f32 >= SPECK_SHARE * largest as f32)
+        .fold([usize::MAX, usize::MAX, 0, 0], |acc, b| union(acc, b.1));
+    let reach = (SPECK_REACH * (bbox[2] - bbox[0]).max(bbox[3] - bbox[1]) as f32).ceil() as usize;
+    let near = [
+        bbox[0].saturating_sub(reach),
+        bbox[1].saturating_sub(reach),
+        bbox[2] + reach,
+        bbox[3] + reach,
+    ];
+    for (n, b) in &blobs {
+        let inside = b[0] >= near[0] && b[1] >= near[1] && b[2] <= near[2] && b[3] <= near[3];
+        if (*n as f32) < SPECK_SHARE * largest as f32 && inside {
+            bbox = union(bbox, *b);
+        }
+    }
+    bbox
 }
 
 /// The `q`-quantile of 8-bit values, from a histogram.
@@ -813,6 +872,43 @@ mod tests {
         let even = preprocess_encoded(&png(&pen_one(400, 14)), &Limits::default()).unwrap();
         let diff: f32 = out.iter().zip(&even).map(|(a, b)| (a - b).abs()).sum();
         assert!(diff < 0.2 * ink_mass(&even), "differs by {diff}");
+    }
+
+    #[test]
+    fn specks_far_from_the_digit_do_not_stretch_the_crop() {
+        // A photo's noise: a few dark dots in the corners of the page, as
+        // dark as the ink. The crop is still the digit alone.
+        let clean = digit_canvas(400, 300, 30, 220);
+        let mut specked = clean.clone();
+        for (x, y) in [(5, 5), (6, 5), (390, 8), (10, 290), (395, 295), (394, 295)] {
+            specked.put_pixel(x, y, Luma([30]));
+        }
+        let lim = Limits::default();
+        let a = preprocess_encoded(&png(&clean), &lim).unwrap();
+        let b = preprocess_encoded(&png(&specked), &lim).unwrap();
+        assert_mnist_like(&b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_small_piece_next_to_the_digit_stays_in_the_crop() {
+        // A broken-off stroke end: a small blob just past the digit's box
+        // (within SPECK_REACH of it) still belongs to the digit, and a
+        // large blob anywhere does.
+        fn fill(mask: &mut [bool], x0: usize, y0: usize, x1: usize, y1: usize) {
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    mask[y * 100 + x] = true;
+                }
+            }
+        }
+        let mut mask = vec![false; 100 * 100];
+        fill(&mut mask, 40, 20, 45, 70); // the digit: 306 px, box 40..45 x 20..70
+        fill(&mut mask, 47, 72, 47, 73); // 2 px, 2 px beyond its box: kept
+        fill(&mut mask, 90, 90, 90, 90); // 1 px far away: a speck
+        assert_eq!(ink_box(100, 100, &mask), [40, 20, 47, 73]);
+        fill(&mut mask, 2, 2, 8, 8); // 49 px far away: too large to be a speck
+        assert_eq!(ink_box(100, 100, &mask), [2, 2, 47, 73]);
     }
 
     #[test]
