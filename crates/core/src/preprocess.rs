@@ -25,7 +25,7 @@ const NOISE_FLOOR: f32 = 0.10;
 /// A blob of ink smaller than this share of the largest blob is a speck
 /// (sensor noise, a JPEG artefact, a shadow at a photo's edge), and does not
 /// stretch the crop unless it lies next to the digit.
-const SPECK_SHARE: f32 = 0.05;
+const SPECK_SHARE: f32 = 0.02;
 /// How near the digit's box, as a share of its longer side, a speck still
 /// counts as part of it (a broken-off stroke end).
 const SPECK_REACH: f32 = 0.1;
