@@ -62,6 +62,6 @@ fn floor(row: FieldRow) -> usize {
         FieldRow::Stretched16Binary => 284, // [290]
         FieldRow::ThinPen => 292,           // [297]
         FieldRow::ThickMarker => 284,       // [290]
-        FieldRow::Photo => 286,             // [292]
+        FieldRow::Photo => 294,             // [300]
     }
 }
