@@ -11,6 +11,8 @@ unevenly, sensor noise, JPEG quality 90 with 4:2:0 chroma, as a phone writes.
 Usage: scripts/bench-photos.py [--runs 7] [--out runs/bench-photos]
 Needs a release build (target/release/mnister-server, mnister) and Pillow
 (scripts/bench-requirements.txt). Run on an idle machine.
+MNISTER_BENCH_SERVER names another server binary (an A/B against an older
+build).
 """
 import argparse, gzip, json, os, random, re, signal, socket, statistics, subprocess, sys, time
 
@@ -63,7 +65,7 @@ def main():
         files.append(p)
     grpc = free_port()
     server = subprocess.Popen(
-        [f"{REL}/mnister-server", "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr", "127.0.0.1:0",
+        [os.environ.get("MNISTER_BENCH_SERVER", f"{REL}/mnister-server"), "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr", "127.0.0.1:0",
          "--metrics-addr", "127.0.0.1:0", "--max-image-bytes", str(16 << 20), "--max-message-bytes", str(17 << 20)],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in server.stderr:
