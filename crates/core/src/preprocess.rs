@@ -513,27 +513,40 @@ fn flatten_background(w: usize, h: usize, value: &[u8]) -> Vec<f32> {
     if bmax - bmin <= EVEN_BACKGROUND * range {
         return even();
     }
-    // Bilinear between tile centres.
+    // Bilinear between tile centres, with each column's weights worked out
+    // once rather than per pixel: the same arithmetic as [`bilinear`], and
+    // a third of a large photo's preprocessing time before.
+    let tile = |i: usize| (i as f32 + 0.5) / t as f32 - 0.5;
+    let columns: Vec<(usize, usize, f32)> = (0..w).map(|x| axis(tile(x), gx)).collect();
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
-        let fy = (y as f32 + 0.5) / t as f32 - 0.5;
-        for x in 0..w {
-            let fx = (x as f32 + 0.5) / t as f32 - 0.5;
-            let background = bilinear(&smooth, gx, gy, fx, fy);
-            out.push((f32::from(value[y * w + x]) - background).max(0.0));
+        let (y0, y1, ay) = axis(tile(y), gy);
+        let (r0, r1) = (
+            &smooth[y0 * gx..(y0 + 1) * gx],
+            &smooth[y1 * gx..(y1 + 1) * gx],
+        );
+        for (&v, &(x0, x1, ax)) in value[y * w..(y + 1) * w].iter().zip(&columns) {
+            let top = r0[x0] * (1.0 - ax) + r0[x1] * ax;
+            let bottom = r1[x0] * (1.0 - ax) + r1[x1] * ax;
+            let background = top * (1.0 - ay) + bottom * ay;
+            out.push((f32::from(v) - background).max(0.0));
         }
     }
     out
 }
 
+/// A sample position along an axis of `n` pixels, clamped to its edge
+/// pixels: (pixel before, pixel after, weight of the one after).
+fn axis(f: f32, n: usize) -> (usize, usize, f32) {
+    let f = f.clamp(0.0, (n - 1) as f32);
+    let i = f.floor() as usize;
+    (i, (i + 1).min(n - 1), f - i as f32)
+}
+
 /// `src` (`w x h`) sampled bilinearly at (x, y) in pixel-centre
 /// coordinates, clamped to the edge pixels.
 pub fn bilinear(src: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
-    let x = x.clamp(0.0, (w - 1) as f32);
-    let y = y.clamp(0.0, (h - 1) as f32);
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (ax, ay) = (x - x0 as f32, y - y0 as f32);
+    let ((x0, x1, ax), (y0, y1, ay)) = (axis(x, w), axis(y, h));
     let top = src[y0 * w + x0] * (1.0 - ax) + src[y0 * w + x1] * ax;
     let bottom = src[y1 * w + x0] * (1.0 - ax) + src[y1 * w + x1] * ax;
     top * (1.0 - ay) + bottom * ay
@@ -909,6 +922,65 @@ mod tests {
         assert_eq!(ink_box(100, 100, &mask), [40, 20, 47, 73]);
         fill(&mut mask, 2, 2, 8, 8); // 49 px far away: too large to be a speck
         assert_eq!(ink_box(100, 100, &mask), [2, 2, 47, 73]);
+    }
+
+    #[test]
+    fn the_background_map_is_bilinear_between_tile_centres() {
+        // Uneven light, noise and a dark stroke on a frame that does not
+        // divide into whole tiles: every pixel's background is exactly
+        // `bilinear` over the tile grid, the edges clamped.
+        let (w, h) = (203usize, 131usize);
+        let mut seed = 7u32;
+        let value: Vec<u8> = (0..w * h)
+            .map(|i| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let (x, y) = (i % w, i / w);
+                let light = 40.0 + 90.0 * x as f32 / w as f32 + 30.0 * y as f32 / h as f32;
+                let ink = if (x as i32 - 100).abs() < 4 {
+                    120.0
+                } else {
+                    0.0
+                };
+                (light + ink + (seed >> 28) as f32).min(255.0) as u8
+            })
+            .collect();
+        let out = flatten_background(w, h, &value);
+        // The grid as flatten_background builds it, then per pixel.
+        let t = (w.min(h) / FLATTEN_TILES).max(8);
+        let (gx, gy) = (w.div_ceil(t), h.div_ceil(t));
+        let tiles: Vec<f32> = (0..gx * gy)
+            .map(|k| {
+                let (tx, ty) = (k % gx, k / gx);
+                let buf: Vec<u8> = (ty * t..((ty + 1) * t).min(h))
+                    .flat_map(|y| value[y * w + tx * t..y * w + ((tx + 1) * t).min(w)].to_vec())
+                    .collect();
+                f32::from(percentile(&buf, TILE_BACKGROUND_QUANTILE))
+            })
+            .collect();
+        let smooth: Vec<f32> = (0..gx * gy)
+            .map(|k| {
+                let (tx, ty) = (k % gx, k / gx);
+                let mut n: Vec<f32> = (ty.saturating_sub(1)..(ty + 2).min(gy))
+                    .flat_map(|y| (tx.saturating_sub(1)..(tx + 2).min(gx)).map(move |x| (x, y)))
+                    .map(|(x, y)| tiles[y * gx + x])
+                    .collect();
+                n.sort_by(f32::total_cmp);
+                n[n.len() / 2]
+            })
+            .collect();
+        assert!(
+            smooth.iter().any(|&v| v != smooth[0]),
+            "the light must be uneven"
+        );
+        for y in 0..h {
+            for x in 0..w {
+                let fx = (x as f32 + 0.5) / t as f32 - 0.5;
+                let fy = (y as f32 + 0.5) / t as f32 - 0.5;
+                let want =
+                    (f32::from(value[y * w + x]) - bilinear(&smooth, gx, gy, fx, fy)).max(0.0);
+                assert_eq!(out[y * w + x].to_bits(), want.to_bits(), "pixel {x},{y}");
+            }
+        }
     }
 
     #[test]
