@@ -51,7 +51,21 @@ impl AugmentConfig {
     /// Draws one transform. `strength` in [0, 1] scales every range towards
     /// the identity, for schedules that ramp augmentation up or down.
     pub fn sample(&self, rng: &mut impl Rng, strength: f32) -> Affine {
+        self.sample_with_shift(rng, strength, strength)
+    }
+
+    /// As [`sample`](Self::sample), with the shifts scaled apart: a schedule
+    /// that calms rotation and zoom for the last epochs can keep large
+    /// shifts, which the tensor robustness rows still ask of the model.
+    /// Draws the same random numbers in the same order as `sample`.
+    pub fn sample_with_shift(
+        &self,
+        rng: &mut impl Rng,
+        strength: f32,
+        shift_strength: f32,
+    ) -> Affine {
         let s = strength.clamp(0.0, 1.0);
+        let t = shift_strength.clamp(0.0, 1.0);
         let sym = |rng: &mut dyn rand::RngCore, r: f32| {
             if r > 0.0 {
                 rng.random_range(-r..=r)
@@ -71,8 +85,8 @@ impl AugmentConfig {
         let (zx, zy) = (zoom(), zoom());
         Affine {
             rotation_deg: sym(rng, self.rotation_deg * s),
-            shift_x: sym(rng, self.width_shift * s) * SIDE as f32,
-            shift_y: sym(rng, self.height_shift * s) * SIDE as f32,
+            shift_x: sym(rng, self.width_shift * t) * SIDE as f32,
+            shift_y: sym(rng, self.height_shift * t) * SIDE as f32,
             zoom_x: zx,
             zoom_y: zy,
         }
@@ -540,6 +554,31 @@ mod tests {
             assert!((1.0..=1.5).contains(&a.zoom_x) && (1.0..=1.5).contains(&a.zoom_y));
         }
         assert_eq!(cfg.sample(&mut rng, 0.0), Affine::IDENTITY);
+    }
+
+    #[test]
+    fn shift_strength_scales_only_the_shifts() {
+        let cfg = AugmentConfig::REFERENCE;
+        let (mut a, mut b) = (
+            rand::rngs::StdRng::seed_from_u64(7),
+            rand::rngs::StdRng::seed_from_u64(7),
+        );
+        let mut widest = 0f32;
+        for _ in 0..1000 {
+            let calm = cfg.sample(&mut a, 0.3);
+            let kept = cfg.sample_with_shift(&mut b, 0.3, 1.0);
+            // Rotation and zoom come out the same: the draws stay in step.
+            assert_eq!(calm.rotation_deg, kept.rotation_deg);
+            assert_eq!((calm.zoom_x, calm.zoom_y), (kept.zoom_x, kept.zoom_y));
+            assert!(calm.shift_x.abs() <= 0.3 * 0.3 * 28.0 + 1e-4);
+            assert!(kept.shift_x.abs() <= 0.3 * 28.0 + 1e-4);
+            assert!((kept.shift_x - calm.shift_x / 0.3).abs() < 1e-3);
+            widest = widest.max(kept.shift_x.abs());
+        }
+        assert!(widest > 0.3 * 0.3 * 28.0 * 2.0, "{widest}");
+        let mut c = rand::rngs::StdRng::seed_from_u64(7);
+        let mut d = rand::rngs::StdRng::seed_from_u64(7);
+        assert_eq!(cfg.sample(&mut c, 0.6), cfg.sample_with_shift(&mut d, 0.6, 0.6));
     }
 
     fn bar() -> MnistImage {

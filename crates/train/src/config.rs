@@ -29,6 +29,15 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_TRAIN_RESUME")]
     pub resume: bool,
 
+    /// Start from these weights instead of random ones: a fine-tuning run
+    /// with its own schedule. Either an earlier run's `checkpoint/model.bpk`
+    /// (same --arch) or an exported fp32 `.onnx` model (with --arch
+    /// reference, since the export folds batch norm away). A checkpoint in
+    /// --out, with --resume, wins.
+    #[arg(long, env = "MNISTER_TRAIN_INIT_FROM")]
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+
     #[arg(long, env = "MNISTER_TRAIN_EPOCHS", default_value_t = 12)]
     pub epochs: usize,
 
@@ -163,6 +172,13 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_AUG_FINAL_STRENGTH", default_value_t = 0.5)]
     pub augment_final_strength: f32,
 
+    /// Strength of the shifts alone for the last epochs; unset, they follow
+    /// --augment-final-strength. Large shifts are what a calm ending
+    /// otherwise unlearns.
+    #[arg(long, env = "MNISTER_AUG_FINAL_SHIFT_STRENGTH")]
+    #[serde(default)]
+    pub augment_final_shift_strength: Option<f32>,
+
     /// Images drawn per class in augmentation.png.
     #[arg(long, env = "MNISTER_AUG_PREVIEW", default_value_t = 8)]
     pub augment_preview: usize,
@@ -222,6 +238,20 @@ impl TrainArgs {
             return (epoch + 1) as f32 / self.augment_warmup_epochs as f32;
         }
         1.0
+    }
+
+    /// Strength of the shifts for a 0-based epoch.
+    pub fn augment_shift_strength(&self, epoch: usize) -> f32 {
+        match self.augment_final_shift_strength {
+            Some(s)
+                if !self.no_augment
+                    && self.augment_final_epochs > 0
+                    && epoch + self.augment_final_epochs >= self.epochs =>
+            {
+                s
+            }
+            _ => self.augment_strength(epoch),
+        }
     }
 
     /// Checks the flags against each other before any work starts.
@@ -297,6 +327,33 @@ impl TrainArgs {
                 "--val-size must be in 1..60000, got {}",
                 self.val_size
             ));
+        }
+        for (flag, v) in [
+            ("--augment-final-strength", Some(self.augment_final_strength)),
+            (
+                "--augment-final-shift-strength",
+                self.augment_final_shift_strength,
+            ),
+        ] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                problems.push(format!("{flag} must be in [0, 1], got {v}"));
+            }
+        }
+        if let Some(p) = self.init_from.as_ref() {
+            if !p.is_file() {
+                problems.push(format!(
+                    "--init-from {} is not a file; give an earlier run's checkpoint/model.bpk or an exported .onnx",
+                    p.display()
+                ));
+            } else if p.extension().is_some_and(|e| e == "onnx")
+                && self.arch != crate::model::Arch::Reference
+            {
+                problems.push(format!(
+                    "--init-from {} is an ONNX model, whose batch norm is folded away: it needs --arch reference, got --arch {}",
+                    p.display(),
+                    self.arch.name()
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

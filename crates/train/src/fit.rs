@@ -237,6 +237,18 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         };
     }
 
+    if let Some(from) = args.init_from.as_ref().filter(|_| state.epochs_done == 0) {
+        model = if from.extension().is_some_and(|e| e == "onnx") {
+            crate::import::load_onnx(model, from, &ad)
+                .with_context(|| format!("loading --init-from {}", from.display()))?
+        } else {
+            model
+                .try_load_file(from)
+                .map_err(|e| anyhow::anyhow!("loading --init-from {}: {e:?}", from.display()))?
+        };
+        tracing::info!("starting from the weights in {}", from.display());
+    }
+
     let train_idx = &split.train;
     let val_images: Vec<MnistImage> = split.val.iter().map(|&i| image(ds, i)).collect();
     let val_labels: Vec<u8> = split.val.iter().map(|&i| ds.labels[i]).collect();
@@ -282,6 +294,7 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         let mut order = train_idx.clone();
         order.shuffle(&mut rng);
         let strength = args.augment_strength(epoch);
+        let shift_strength = args.augment_shift_strength(epoch);
         let pb = progress(
             order.len() as u64,
             format!("epoch {}/{}", epoch + 1, args.epochs),
@@ -308,8 +321,12 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
                     let mut r = StdRng::seed_from_u64(seed);
                     let img = image(ds, i);
                     let img = match augment {
-                        Some(cfg) if strength > 0.0 && r.random::<f32>() < args.augment_prob => {
-                            cfg.sample(&mut r, strength).warp(&img, cfg.fill)
+                        Some(cfg)
+                            if strength.max(shift_strength) > 0.0
+                                && r.random::<f32>() < args.augment_prob =>
+                        {
+                            cfg.sample_with_shift(&mut r, strength, shift_strength)
+                                .warp(&img, cfg.fill)
                         }
                         _ => img,
                     };

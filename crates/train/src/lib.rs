@@ -13,6 +13,7 @@ pub mod export;
 pub mod field;
 pub mod fit;
 mod graph;
+pub mod import;
 pub mod model;
 pub mod nondigit;
 pub mod onnx;

@@ -1,0 +1,177 @@
+//! Reads an exported ONNX model's weights back into the network, so that a
+//! served model can be fine-tuned without the checkpoint it came from. The
+//! export folds batch norm into the convolutions, so the weights only fit
+//! the network without it (`--arch reference`); the fine-tuned model exports
+//! to the same graph.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use prost::Message;
+
+use crate::graph::floats;
+use crate::model::{Cnn, ConvBlock};
+use crate::onnx::{ModelProto, TensorProto};
+
+struct Initializers<'a> {
+    path: &'a Path,
+    by_name: HashMap<&'a str, &'a TensorProto>,
+}
+
+impl Initializers<'_> {
+    /// The float32 values of `name`, checked against the shape `want`.
+    fn get(&self, name: &str, want: &[usize]) -> Result<Vec<f32>> {
+        let t = self.by_name.get(name).with_context(|| {
+            format!(
+                "{} has no initializer {name}: only an fp32 model written by `mnister-train` can seed a run \
+                 (an int8 model cannot)",
+                self.path.display()
+            )
+        })?;
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        if dims != want {
+            bail!(
+                "{}: initializer {name} has shape {dims:?}, the network needs {want:?}",
+                self.path.display()
+            );
+        }
+        floats(t).with_context(|| format!("{}: reading {name}", self.path.display()))
+    }
+}
+
+fn set_conv(conv: &mut Conv2d, init: &Initializers, i: usize, device: &Device) -> Result<()> {
+    let dims = conv.weight.val().dims();
+    let w = init.get(&format!("conv{i}.weight"), &dims)?;
+    let b = init.get(&format!("conv{i}.bias"), &[dims[0]])?;
+    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), device));
+    conv.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [dims[0]]),
+        device,
+    )));
+    Ok(())
+}
+
+fn set_linear(l: &mut Linear, init: &Initializers, i: usize, device: &Device) -> Result<()> {
+    // Both sides store [in, out] (the exported Gemm has transB = 0).
+    let dims = l.weight.val().dims();
+    let w = init.get(&format!("fc{i}.weight"), &dims)?;
+    let b = init.get(&format!("fc{i}.bias"), &[dims[1]])?;
+    l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), device));
+    l.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [dims[1]]),
+        device,
+    )));
+    Ok(())
+}
+
+/// `model` with every weight replaced by the one in the ONNX file at `path`.
+/// A temperature folded in at export stays in the last layer, so the loaded
+/// network's logits are the served ones.
+pub fn load_onnx(mut model: Cnn, path: &Path, device: &Device) -> Result<Cnn> {
+    if model.c1.bn.is_some() {
+        bail!(
+            "an ONNX file has its batch norm folded into the convolutions, so it can only seed --arch reference"
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let proto = ModelProto::decode(&bytes[..])
+        .with_context(|| format!("{} is not an ONNX model", path.display()))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .with_context(|| format!("{} has no graph", path.display()))?;
+    let init = Initializers {
+        path,
+        by_name: graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect(),
+    };
+    let blocks: [&mut ConvBlock; 5] = [
+        &mut model.c1,
+        &mut model.c2,
+        &mut model.c3,
+        &mut model.c4,
+        &mut model.c5,
+    ];
+    for (i, block) in blocks.into_iter().enumerate() {
+        set_conv(&mut block.conv, &init, i + 1, device)?;
+    }
+    set_linear(&mut model.fc1, &init, 1, device)?;
+    set_linear(&mut model.fc2, &init, 2, device)?;
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::export;
+    use crate::fit::device;
+    use crate::model::Arch;
+
+    fn logits(model: &Cnn, device: &Device) -> Vec<f32> {
+        let x: Vec<f32> = (0..2 * 784).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 1, 28, 28]), device);
+        model
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_exported_model_loads_back_to_the_same_network() {
+        let dev = device();
+        dev.seed(7);
+        // Dropout 0 so that forward is deterministic on any device mode.
+        let a = Cnn::new(Arch::Reference, 0.0, &dev);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), export::to_bytes(&a, &BTreeMap::new())).unwrap();
+        dev.seed(8);
+        let fresh = Cnn::new(Arch::Reference, 0.0, &dev);
+        assert_ne!(logits(&fresh, &dev), logits(&a, &dev), "the seeds differ");
+        let b = load_onnx(fresh, file.path(), &dev).unwrap();
+        assert_eq!(logits(&b, &dev), logits(&a, &dev));
+        // And it exports to the same bytes.
+        assert_eq!(
+            export::to_bytes(&b, &BTreeMap::new()),
+            export::to_bytes(&a, &BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn batch_norm_networks_and_foreign_files_are_refused() {
+        let dev = device();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let a = Cnn::new(Arch::Reference, 0.0, &dev);
+        std::fs::write(file.path(), export::to_bytes(&a, &BTreeMap::new())).unwrap();
+        let bn = Cnn::new(Arch::ReferenceBn, 0.0, &dev);
+        let e = load_onnx(bn, file.path(), &dev).unwrap_err().to_string();
+        assert!(e.contains("--arch reference"), "{e}");
+
+        std::fs::write(file.path(), b"not a model").unwrap();
+        let e = load_onnx(Cnn::new(Arch::Reference, 0.0, &dev), file.path(), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an ONNX model") || e.contains("no graph"), "{e}");
+
+        // A graph without the expected weights (as an int8 model names them).
+        let mut proto = export::to_onnx(&a, &BTreeMap::new());
+        proto.graph.as_mut().unwrap().initializer.retain(|t| t.name != "fc2.weight");
+        std::fs::write(file.path(), proto.encode_to_vec()).unwrap();
+        let e = format!(
+            "{:#}",
+            load_onnx(Cnn::new(Arch::Reference, 0.0, &dev), file.path(), &dev).unwrap_err()
+        );
+        assert!(e.contains("fc2.weight"), "{e}");
+    }
+}
