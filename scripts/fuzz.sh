@@ -11,7 +11,7 @@ export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECS:-120}
 mkdir -p runs/fuzz
 cd fuzz
-for t in ${FUZZ_TARGETS:-decode_image raw_pixels classify_request kserve_request}; do
+for t in ${FUZZ_TARGETS:-decode_image raw_pixels classify_request kserve_request jpeg_dc}; do
   echo "== $t: ${secs}s"
   cargo fuzz build --release "$t"
   cargo fuzz run --release "$t" "corpus/$t" -- \

@@ -9,6 +9,12 @@
 //! converted) beat a 1/8 DCT-scaled decode here, so this decodes Y and then
 //! box-averages it down by the factor a scaled decode would use: the mean of
 //! an 8x8 block is exactly what a 1/8 DCT decode computes.
+//!
+//! At 1/8 (12 MP photos) the block means are the luma DC coefficients, and
+//! `dc` reads them without any IDCT or full-size buffer for the files it
+//! handles (baseline YCbCr and greyscale, what cameras write).
+
+pub mod dc;
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -79,6 +85,15 @@ pub fn decode_jpeg_gray(
             max: max_pixels,
         });
     }
+    let d = choose_denom(w, h, min_side);
+    // Where the DC reader refuses a file (stricter than zune on restart
+    // numbering and a few code-table corners), the general path decides:
+    // a file that decodes is never lost to the fast path.
+    if d == 8
+        && let Ok(Some(out)) = dc::decode_dc(bytes, max_pixels)
+    {
+        return Ok(out);
+    }
     let input = dec
         .input_colorspace()
         .ok_or_else(|| decode_error("the header has no colour space"))?;
@@ -107,7 +122,6 @@ pub fn decode_jpeg_gray(
             .map(|p| luma601(p[0], p[1], p[2]))
             .collect()
     };
-    let d = choose_denom(w, h, min_side);
     if d == 1 {
         return Ok((w, h, full));
     }
