@@ -578,7 +578,10 @@ mod tests {
         assert!(widest > 0.3 * 0.3 * 28.0 * 2.0, "{widest}");
         let mut c = rand::rngs::StdRng::seed_from_u64(7);
         let mut d = rand::rngs::StdRng::seed_from_u64(7);
-        assert_eq!(cfg.sample(&mut c, 0.6), cfg.sample_with_shift(&mut d, 0.6, 0.6));
+        assert_eq!(
+            cfg.sample(&mut c, 0.6),
+            cfg.sample_with_shift(&mut d, 0.6, 0.6)
+        );
     }
 
     fn bar() -> MnistImage {

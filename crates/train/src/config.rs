@@ -38,6 +38,15 @@ pub struct TrainArgs {
     #[serde(default)]
     pub init_from: Option<PathBuf>,
 
+    /// Export `(1 - A) * start + A * best epoch` instead of the best epoch,
+    /// with A this value and start the --init-from weights: weight-space
+    /// interpolation of a fine-tune with its start (WiSE-FT), which keeps
+    /// what the fine-tune's own augmentation would make the start forget.
+    /// Needs --init-from and --arch reference.
+    #[arg(long, env = "MNISTER_TRAIN_INIT_MIX")]
+    #[serde(default)]
+    pub init_mix: Option<f32>,
+
     #[arg(long, env = "MNISTER_TRAIN_EPOCHS", default_value_t = 12)]
     pub epochs: usize,
 
@@ -329,7 +338,10 @@ impl TrainArgs {
             ));
         }
         for (flag, v) in [
-            ("--augment-final-strength", Some(self.augment_final_strength)),
+            (
+                "--augment-final-strength",
+                Some(self.augment_final_strength),
+            ),
             (
                 "--augment-final-shift-strength",
                 self.augment_final_shift_strength,
@@ -337,6 +349,22 @@ impl TrainArgs {
         ] {
             if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
                 problems.push(format!("{flag} must be in [0, 1], got {v}"));
+            }
+        }
+        if let Some(a) = self.init_mix {
+            if !(0.0..=1.0).contains(&a) {
+                problems.push(format!("--init-mix must be in [0, 1], got {a}"));
+            }
+            if self.init_from.is_none() {
+                problems.push(
+                    "--init-mix needs --init-from: it mixes the trained weights with those".into(),
+                );
+            }
+            if self.arch != crate::model::Arch::Reference {
+                problems.push(format!(
+                    "--init-mix needs --arch reference (networks without batch norm), got --arch {}",
+                    self.arch.name()
+                ));
             }
         }
         if let Some(p) = self.init_from.as_ref() {

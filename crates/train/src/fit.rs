@@ -58,8 +58,12 @@ pub struct FitState {
 
 pub struct FitOutcome {
     pub state: FitState,
-    /// The best epoch's weights, in inference mode.
+    /// The weights to export, in inference mode: the best epoch's, or its
+    /// mix with the starting weights under `--init-mix`.
     pub best: Cnn,
+    /// Validation accuracy of `best` where it is not the best epoch itself
+    /// (the `--init-mix` interpolation).
+    pub exported_val_accuracy: Option<f64>,
     pub interrupted: bool,
     pub early_stopped: bool,
 }
@@ -126,6 +130,25 @@ pub fn load_model(args: &TrainArgs, path: &Path) -> Result<Cnn> {
         .try_load_file(path)
         .map_err(|e| anyhow::anyhow!("loading weights from {}: {e:?}", path.display()))
         .map(|m| m.valid())
+}
+
+/// `model` with the `--init-from` weights: an exported `.onnx` or a
+/// checkpoint `.bpk`.
+fn load_init(model: Cnn, from: &Path, device: &Device) -> Result<Cnn> {
+    if from.extension().is_some_and(|e| e == "onnx") {
+        crate::import::load_onnx(model, from, device)
+            .with_context(|| format!("loading --init-from {}", from.display()))
+    } else {
+        model
+            .try_load_file(from)
+            .map_err(|e| anyhow::anyhow!("loading --init-from {}: {e:?}", from.display()))
+    }
+}
+
+/// The `--init-from` weights in inference mode, for `--init-mix`.
+fn load_start(args: &TrainArgs, from: &Path) -> Result<Cnn> {
+    let dev = device();
+    load_init(Cnn::new(args.arch, args.dropout, &dev), from, &dev).map(|m| m.valid())
 }
 
 /// Runs the model over images in batches; returns logits, 10 per image.
@@ -238,14 +261,7 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
     }
 
     if let Some(from) = args.init_from.as_ref().filter(|_| state.epochs_done == 0) {
-        model = if from.extension().is_some_and(|e| e == "onnx") {
-            crate::import::load_onnx(model, from, &ad)
-                .with_context(|| format!("loading --init-from {}", from.display()))?
-        } else {
-            model
-                .try_load_file(from)
-                .map_err(|e| anyhow::anyhow!("loading --init-from {}: {e:?}", from.display()))?
-        };
+        model = load_init(model, from, &ad)?;
         tracing::info!("starting from the weights in {}", from.display());
     }
 
@@ -485,9 +501,27 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         // all there is.
         model.valid()
     };
+    let mut exported_val_accuracy = None;
+    let best = match (args.init_mix, args.init_from.as_ref()) {
+        (Some(alpha), Some(from)) => {
+            let start = load_start(args, from)?;
+            let mixed = crate::import::interpolate(start, &best, alpha)?;
+            let (_, acc) =
+                loss_and_accuracy(&softmax_rows(&logits(&mixed, &val_images)), &val_labels);
+            eprintln!(
+                "exporting {:.2} x start + {alpha:.2} x best epoch: val acc {acc:.4} (best epoch alone {:.4})",
+                1.0 - alpha,
+                state.best_val_accuracy
+            );
+            exported_val_accuracy = Some(acc);
+            mixed
+        }
+        _ => best,
+    };
     Ok(FitOutcome {
         state,
         best,
+        exported_val_accuracy,
         interrupted,
         early_stopped,
     })

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use prost::Message;
 
@@ -108,6 +108,49 @@ pub fn load_onnx(mut model: Cnn, path: &Path, device: &Device) -> Result<Cnn> {
     Ok(model)
 }
 
+fn mix_param<const D: usize>(a: &mut Param<Tensor<D>>, b: &Param<Tensor<D>>, alpha: f32) {
+    let t = a
+        .val()
+        .mul_scalar(1.0 - alpha)
+        .add(b.val().mul_scalar(alpha));
+    *a = Param::from_tensor(t);
+}
+
+/// `(1 - alpha) * start + alpha * tuned`, weight by weight: the
+/// interpolation of a fine-tuned network with the one it started from
+/// (WiSE-FT, Wortsman et al. 2022). Both sit in one basin, so the mix keeps
+/// much of what the start knew and the fine-tune's narrower augmentation
+/// made it forget, while keeping most of what the fine-tune added.
+/// Networks without batch norm only, as `load_onnx` gives.
+pub fn interpolate(mut start: Cnn, tuned: &Cnn, alpha: f32) -> Result<Cnn> {
+    if !(0.0..=1.0).contains(&alpha) {
+        bail!("the mix weight must be in [0, 1], got {alpha}");
+    }
+    if start.c1.bn.is_some() || tuned.c1.bn.is_some() {
+        bail!("weight interpolation is for networks without batch norm (--arch reference)");
+    }
+    let pairs = [
+        (&mut start.c1, &tuned.c1),
+        (&mut start.c2, &tuned.c2),
+        (&mut start.c3, &tuned.c3),
+        (&mut start.c4, &tuned.c4),
+        (&mut start.c5, &tuned.c5),
+    ];
+    for (a, b) in pairs {
+        mix_param(&mut a.conv.weight, &b.conv.weight, alpha);
+        if let (Some(x), Some(y)) = (a.conv.bias.as_mut(), b.conv.bias.as_ref()) {
+            mix_param(x, y, alpha);
+        }
+    }
+    for (a, b) in [(&mut start.fc1, &tuned.fc1), (&mut start.fc2, &tuned.fc2)] {
+        mix_param(&mut a.weight, &b.weight, alpha);
+        if let (Some(x), Some(y)) = (a.bias.as_mut(), b.bias.as_ref()) {
+            mix_param(x, y, alpha);
+        }
+    }
+    Ok(start)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -118,13 +161,15 @@ mod tests {
     use crate::model::Arch;
 
     fn logits(model: &Cnn, device: &Device) -> Vec<f32> {
-        let x: Vec<f32> = (0..2 * 784).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
+        let x: Vec<f32> = (0..2 * 784)
+            .map(|i| ((i * 37) % 101) as f32 / 100.0)
+            .collect();
         let x = Tensor::<4>::from_data(TensorData::new(x, [2, 1, 28, 28]), device);
         model
             .forward(x)
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap()
     }
 
@@ -162,16 +207,68 @@ mod tests {
         let e = load_onnx(Cnn::new(Arch::Reference, 0.0, &dev), file.path(), &dev)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not an ONNX model") || e.contains("no graph"), "{e}");
+        assert!(
+            e.contains("not an ONNX model") || e.contains("no graph"),
+            "{e}"
+        );
 
         // A graph without the expected weights (as an int8 model names them).
         let mut proto = export::to_onnx(&a, &BTreeMap::new());
-        proto.graph.as_mut().unwrap().initializer.retain(|t| t.name != "fc2.weight");
+        proto
+            .graph
+            .as_mut()
+            .unwrap()
+            .initializer
+            .retain(|t| t.name != "fc2.weight");
         std::fs::write(file.path(), proto.encode_to_vec()).unwrap();
         let e = format!(
             "{:#}",
             load_onnx(Cnn::new(Arch::Reference, 0.0, &dev), file.path(), &dev).unwrap_err()
         );
         assert!(e.contains("fc2.weight"), "{e}");
+    }
+
+    #[test]
+    fn interpolation_is_weight_by_weight() {
+        let dev = device();
+        dev.seed(1);
+        let a = Cnn::new(Arch::Reference, 0.0, &dev);
+        dev.seed(2);
+        let b = Cnn::new(Arch::Reference, 0.0, &dev);
+        let w = |m: &Cnn| -> Vec<f32> {
+            m.fc2
+                .weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let (wa, wb) = (w(&a), w(&b));
+        let at = |alpha: f32| w(&interpolate(a.clone(), &b, alpha).unwrap());
+        assert_eq!(at(0.0), wa);
+        assert_eq!(at(1.0), wb);
+        for ((m, x), y) in at(0.25).iter().zip(&wa).zip(&wb) {
+            assert!((m - (0.75 * x + 0.25 * y)).abs() < 1e-6);
+        }
+        // Every layer mixes, not only the last.
+        let c = |m: &Cnn| {
+            m.c3.conv
+                .weight
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let mid = interpolate(a.clone(), &b, 0.5).unwrap();
+        let (ca, cb, cm) = (c(&a), c(&b), c(&mid));
+        assert!(
+            cm.iter()
+                .zip(ca.iter().zip(&cb))
+                .all(|(m, (x, y))| (m - (x + y) / 2.0).abs() < 1e-6)
+        );
+        assert!(interpolate(a.clone(), &b, 1.5).is_err());
+        let bn = Cnn::new(Arch::ReferenceBn, 0.0, &dev);
+        assert!(interpolate(bn, &b, 0.5).is_err());
     }
 }

@@ -251,7 +251,9 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             if secs > 0.0 { imgs / secs } else { 0.0 }
         },
         initial_val_loss: outcome.state.initial_val_loss,
-        val_accuracy: outcome.state.best_val_accuracy,
+        val_accuracy: outcome
+            .exported_val_accuracy
+            .unwrap_or(outcome.state.best_val_accuracy),
         history: outcome.state.history.clone(),
         test: evaluate::test_metrics(&[], &[]),
         robustness: Vec::new(),

@@ -1,6 +1,8 @@
-//! `mnister-train evaluate`: scores any model file on MNIST test and on the
+//! `mnister-train evaluate`: scores any model file on MNIST test, on the
 //! field rows, through the serving path (encoded bytes, the server's
-//! preprocessing, ONNX Runtime). The trainer's report uses the same code.
+//! preprocessing, ONNX Runtime), and on the report's tensor robustness rows,
+//! so that two model files compare on every row the bars name. The
+//! trainer's report uses the same code.
 
 use std::path::PathBuf;
 
@@ -11,6 +13,8 @@ use mnister_core::preprocess::{PIXELS, normalize_mnist};
 
 use crate::evaluate::{self, FieldInput, FieldResult};
 use crate::fit::argmax;
+use crate::robustness::RobustnessRow;
+use crate::run::robustness_table;
 
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(
@@ -29,6 +33,11 @@ pub struct EvaluateArgs {
     /// Score the field rows (on by default; --field=false for MNIST only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub field: bool,
+
+    /// Score the robustness rows on 28x28 tensors (rotation, zoom, shift,
+    /// stroke width; the trainer report's table), besides the served ones.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub robustness: bool,
 
     /// Only these rows (names as in the table), comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -57,6 +66,9 @@ pub struct ModelScores {
     pub version: String,
     pub mnist_test: f64,
     pub field: Vec<FieldResult>,
+    /// The tensor robustness rows (empty with --robustness=false).
+    #[serde(default)]
+    pub robustness: Vec<RobustnessRow>,
 }
 
 pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
@@ -97,11 +109,17 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
             );
             field.push(scores.result);
         }
+        let robustness = if args.robustness {
+            robustness_table(&mut backend, &tensors, labels)?.rows
+        } else {
+            Vec::new()
+        };
         out.push(ModelScores {
             model: path.display().to_string(),
             version: model.version(),
             mnist_test: right as f64 / n.max(1) as f64,
             field,
+            robustness,
         });
     }
     if let Some(p) = &args.json {
@@ -134,6 +152,14 @@ pub fn markdown(scores: &[ModelScores]) -> String {
                 s += &format!(" ({} refused)", f.refused);
             }
             s += " |";
+        }
+        s += "\n";
+    }
+    let rows = scores.first().map(|m| m.robustness.len()).unwrap_or(0);
+    for r in 0..rows {
+        s += &format!("| tensor: {} |", scores[0].robustness[r].variant);
+        for m in scores {
+            s += &format!(" {:.2}% |", m.robustness[r].accuracy * 100.0);
         }
         s += "\n";
     }
