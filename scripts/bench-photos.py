@@ -8,7 +8,12 @@ The photos are the benchmark's own, generated here (seeded): an MNIST test
 digit scaled to a fifth of the frame's height, dark ink on paper lit
 unevenly, sensor noise, JPEG quality 90 with 4:2:0 chroma, as a phone writes.
 
-Usage: scripts/bench-photos.py [--runs 7] [--out runs/bench-photos]
+`--accuracy N` also sends N photos of the first N test digits at each size
+and counts right answers: a 12 MP photo is read from its JPEG DC
+coefficients alone, a 640x480 one by a full decode, so the two counts say
+whether the fast path costs accuracy.
+
+Usage: scripts/bench-photos.py [--runs 7] [--accuracy 0] [--out runs/bench-photos]
 Needs a release build (target/release/mnister-server, mnister) and Pillow
 (scripts/bench-requirements.txt). Run on an idle machine.
 MNISTER_BENCH_SERVER names another server binary (an A/B against an older
@@ -27,6 +32,11 @@ SIZES = [(640, 480), (1920, 1080), (4000, 3000)]
 def digit(i):
     raw = gzip.open(os.path.join(ROOT, "tests/data/mnist/t10k-images-idx3-ubyte.gz")).read()
     return np.frombuffer(raw[16 + 784 * i:16 + 784 * (i + 1)], dtype=np.uint8).reshape(28, 28)
+
+
+def test_labels(n):
+    raw = gzip.open(os.path.join(ROOT, "tests/data/mnist/t10k-labels-idx1-ubyte.gz")).read()
+    return list(raw[8:8 + n])
 
 
 def photo(w, h, seed, label_index=0):
@@ -55,6 +65,7 @@ def free_port():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--accuracy", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "bench-photos"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -83,6 +94,24 @@ def main():
                 digits.append(r["digit"])
             rows.append({"size": f"{w}x{h}", "bytes": os.path.getsize(p), "server_ms_median": statistics.median(us) / 1000,
                          "server_ms_min": min(us) / 1000, "server_ms_max": max(us) / 1000, "digits": sorted(set(digits))})
+        accuracy = {}
+        labels = test_labels(a.accuracy)
+        for w, h in SIZES if a.accuracy else []:
+            right = 0
+            for start in range(0, a.accuracy, 20):
+                batch = []
+                for i in range(start, min(start + 20, a.accuracy)):
+                    p = os.path.join(a.out, f"acc-{w}x{h}-{i}.jpg")
+                    photo(w, h, seed=1000 + i, label_index=i).save(p, quality=90, subsampling=2)
+                    batch.append(p)
+                out = subprocess.run([f"{REL}/mnister", "--addr", f"http://127.0.0.1:{grpc}", "classify", "--json", *batch],
+                                     capture_output=True, text=True, check=True).stdout
+                answers = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+                by_file = {r["file"]: r["digit"] for r in answers}
+                for i, p in zip(range(start, start + len(batch)), batch):
+                    right += by_file.get(os.path.basename(p), by_file.get(p)) == labels[i]
+                    os.remove(p)
+            accuracy[f"{w}x{h}"] = right
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -94,7 +123,10 @@ def main():
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['bytes']:,} | {r['server_ms_median']:.1f} | {r['server_ms_min']:.1f} | {r['server_ms_max']:.1f} | {r['digits']} |")
-    json.dump(rows, open(os.path.join(a.out, "results.json"), "w"), indent=1)
+    for size, right in accuracy.items():
+        print(f"accuracy {size}: {right}/{a.accuracy} test digits right")
+    json.dump({"timings": rows, "accuracy": accuracy, "accuracy_photos": a.accuracy},
+              open(os.path.join(a.out, "results.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":

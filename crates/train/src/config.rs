@@ -38,14 +38,16 @@ pub struct TrainArgs {
     #[serde(default)]
     pub init_from: Option<PathBuf>,
 
-    /// Export `(1 - A) * start + A * best epoch` instead of the best epoch,
-    /// with A this value and start the --init-from weights: weight-space
-    /// interpolation of a fine-tune with its start (WiSE-FT), which keeps
-    /// what the fine-tune's own augmentation would make the start forget.
-    /// Needs --init-from and --arch reference.
-    #[arg(long, env = "MNISTER_TRAIN_INIT_MIX")]
+    /// Export a weighted mean of the best epoch and these networks instead
+    /// of the best epoch alone: `PATH=W`, repeatable, each an exported fp32
+    /// `.onnx` or a `.bpk` checkpoint of --arch reference; the best epoch
+    /// gets 1 minus the sum. Weight-space averaging of a fine-tune with its
+    /// start and its siblings (WiSE-FT; model soups) keeps what each run's
+    /// augmentation taught, where picking one run keeps one. Needs --arch
+    /// reference.
+    #[arg(long = "soup", env = "MNISTER_TRAIN_SOUP", value_delimiter = ',')]
     #[serde(default)]
-    pub init_mix: Option<f32>,
+    pub soup: Vec<SoupPart>,
 
     #[arg(long, env = "MNISTER_TRAIN_EPOCHS", default_value_t = 12)]
     pub epochs: usize,
@@ -351,20 +353,21 @@ impl TrainArgs {
                 problems.push(format!("{flag} must be in [0, 1], got {v}"));
             }
         }
-        if let Some(a) = self.init_mix {
-            if !(0.0..=1.0).contains(&a) {
-                problems.push(format!("--init-mix must be in [0, 1], got {a}"));
-            }
-            if self.init_from.is_none() {
-                problems.push(
-                    "--init-mix needs --init-from: it mixes the trained weights with those".into(),
-                );
+        if !self.soup.is_empty() {
+            let sum: f32 = self.soup.iter().map(|p| p.weight).sum();
+            if sum > 1.0 + 1e-4 {
+                problems.push(format!(
+                    "--soup weights add up to {sum}; they must leave the best epoch 1 minus their sum, so at most 1"
+                ));
             }
             if self.arch != crate::model::Arch::Reference {
                 problems.push(format!(
-                    "--init-mix needs --arch reference (networks without batch norm), got --arch {}",
+                    "--soup needs --arch reference (networks without batch norm), got --arch {}",
                     self.arch.name()
                 ));
+            }
+            for p in self.soup.iter().filter(|p| !p.path.is_file()) {
+                problems.push(format!("--soup {} is not a file", p.path.display()));
             }
         }
         if let Some(p) = self.init_from.as_ref() {
@@ -388,5 +391,72 @@ impl TrainArgs {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+/// One `--soup PATH=W` ingredient.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SoupPart {
+    pub path: PathBuf,
+    pub weight: f32,
+}
+
+impl std::str::FromStr for SoupPart {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, w) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("--soup takes PATH=WEIGHT, got {s:?}"))?;
+        let weight: f32 = w
+            .parse()
+            .map_err(|_| format!("--soup {s:?}: the weight {w:?} is not a number"))?;
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(format!("--soup {s:?}: the weight must be in [0, 1]"));
+        }
+        Ok(SoupPart {
+            path: path.into(),
+            weight,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn soup_parts_parse_and_bad_ones_say_what_is_accepted() {
+        let p: SoupPart = "runs/a/model.onnx=0.25".parse().unwrap();
+        assert_eq!(p.path, PathBuf::from("runs/a/model.onnx"));
+        assert_eq!(p.weight, 0.25);
+        // The last '=' splits, so a path may hold one.
+        let p: SoupPart = "runs/x=y/best.bpk=1".parse().unwrap();
+        assert_eq!(p.path, PathBuf::from("runs/x=y/best.bpk"));
+        for bad in ["model.onnx", "model.onnx=half", "model.onnx=1.5", "m=-0.1"] {
+            let e = bad.parse::<SoupPart>().unwrap_err();
+            assert!(e.contains("--soup"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn soup_weights_over_one_and_batch_norm_are_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let f = file.path().display().to_string();
+        let args = |extra: &[&str]| {
+            let mut v = vec!["mnister-train".to_string()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            TrainArgs::parse_from(v)
+        };
+        let ok = args(&["--arch", "reference", "--soup", &format!("{f}=0.3,{f}=0.5")]);
+        assert_eq!(ok.soup.len(), 2);
+        assert!(ok.validate().is_ok(), "{:?}", ok.validate());
+        let over = args(&["--arch", "reference", "--soup", &format!("{f}=0.6,{f}=0.5")]);
+        assert!(over.validate().unwrap_err().contains("add up to"));
+        let bn = args(&["--arch", "reference-bn", "--soup", &format!("{f}=0.5")]);
+        assert!(bn.validate().unwrap_err().contains("--arch reference"));
+        let missing = args(&["--arch", "reference", "--soup", "/no/such/file.onnx=0.5"]);
+        assert!(missing.validate().unwrap_err().contains("not a file"));
     }
 }

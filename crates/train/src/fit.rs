@@ -58,11 +58,11 @@ pub struct FitState {
 
 pub struct FitOutcome {
     pub state: FitState,
-    /// The weights to export, in inference mode: the best epoch's, or its
-    /// mix with the starting weights under `--init-mix`.
+    /// The weights to export, in inference mode: the best epoch's, or a
+    /// weighted mean of it and other networks under `--soup`.
     pub best: Cnn,
     /// Validation accuracy of `best` where it is not the best epoch itself
-    /// (the `--init-mix` interpolation).
+    /// (a `--soup`).
     pub exported_val_accuracy: Option<f64>,
     pub interrupted: bool,
     pub early_stopped: bool,
@@ -145,7 +145,7 @@ fn load_init(model: Cnn, from: &Path, device: &Device) -> Result<Cnn> {
     }
 }
 
-/// The `--init-from` weights in inference mode, for `--init-mix`.
+/// A network's weights in inference mode, for `--soup`.
 fn load_start(args: &TrainArgs, from: &Path) -> Result<Cnn> {
     let dev = device();
     load_init(Cnn::new(args.arch, args.dropout, &dev), from, &dev).map(|m| m.valid())
@@ -502,21 +502,33 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
         model.valid()
     };
     let mut exported_val_accuracy = None;
-    let best = match (args.init_mix, args.init_from.as_ref()) {
-        (Some(alpha), Some(from)) => {
-            let start = load_start(args, from)?;
-            let mixed = crate::import::interpolate(start, &best, alpha)?;
-            let (_, acc) =
-                loss_and_accuracy(&softmax_rows(&logits(&mixed, &val_images)), &val_labels);
-            eprintln!(
-                "exporting {:.2} x start + {alpha:.2} x best epoch: val acc {acc:.4} (best epoch alone {:.4})",
-                1.0 - alpha,
-                state.best_val_accuracy
-            );
-            exported_val_accuracy = Some(acc);
-            mixed
+    let best = if args.soup.is_empty() {
+        best
+    } else {
+        let best_weight = 1.0 - args.soup.iter().map(|p| p.weight).sum::<f32>();
+        // A running weighted mean: after each ingredient `acc` is the mean
+        // of those so far, weighted; the last step leaves the whole soup.
+        let (mut acc, mut total) = (best, best_weight.max(0.0));
+        for part in &args.soup {
+            let next = total + part.weight;
+            if next > 0.0 {
+                let m = load_start(args, &part.path)?;
+                acc = crate::import::interpolate(acc, &m, part.weight / next)?;
+            }
+            total = next;
         }
-        _ => best,
+        let (_, acc_val) =
+            loss_and_accuracy(&softmax_rows(&logits(&acc, &val_images)), &val_labels);
+        eprintln!(
+            "exporting the soup ({best_weight:.2} x best epoch{}): val acc {acc_val:.4} (best epoch alone {:.4})",
+            args.soup
+                .iter()
+                .map(|p| format!(" + {:.2} x {}", p.weight, p.path.display()))
+                .collect::<String>(),
+            state.best_val_accuracy
+        );
+        exported_val_accuracy = Some(acc_val);
+        acc
     };
     Ok(FitOutcome {
         state,

@@ -11,6 +11,7 @@ use mnister_core::backend::ort::{OrtBackend, init_runtime, load_model};
 use mnister_core::idx::{Split, load_mnist};
 use mnister_core::preprocess::{PIXELS, normalize_mnist};
 
+use crate::data::stratified_split;
 use crate::evaluate::{self, FieldInput, FieldResult};
 use crate::fit::argmax;
 use crate::robustness::RobustnessRow;
@@ -47,6 +48,21 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub limit: Option<usize>,
 
+    /// Score the trainer's validation split (the 12,000 images a run holds
+    /// out of MNIST train, as `--val-size` and `--split-seed` pick them)
+    /// instead of MNIST test: for choosing between model files without
+    /// looking at the test set.
+    #[arg(long)]
+    pub validation: bool,
+
+    /// The validation split's size, as the training run's --val-size.
+    #[arg(long, default_value_t = 12_000)]
+    pub val_size: usize,
+
+    /// The validation split's seed, as the training run's --seed.
+    #[arg(long, default_value_t = 42)]
+    pub split_seed: u64,
+
     /// Seed of the field rows' random parameters.
     #[arg(long, default_value_t = 20261130)]
     pub seed: u64,
@@ -64,7 +80,11 @@ pub struct EvaluateArgs {
 pub struct ModelScores {
     pub model: String,
     pub version: String,
+    /// Accuracy on the 28x28 tensors of the scored set (`set`).
     pub mnist_test: f64,
+    /// "MNIST test", or "validation" under --validation.
+    #[serde(default)]
+    pub set: String,
     pub field: Vec<FieldResult>,
     /// The tensor robustness rows (empty with --robustness=false).
     #[serde(default)]
@@ -73,12 +93,22 @@ pub struct ModelScores {
 
 pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
     let env = init_runtime(args.ort_lib.as_deref())?;
-    let test = load_mnist(&args.data_dir, Split::Test)?;
-    let n = args.limit.unwrap_or(test.len()).min(test.len());
-    let digits: Vec<[u8; PIXELS]> = (0..n)
-        .map(|i| test.images.image(i).try_into().expect("28x28"))
+    let (set, indices): (_, Vec<usize>) = if args.validation {
+        let train = load_mnist(&args.data_dir, Split::Train)?;
+        let split = stratified_split(&train.labels, args.val_size, args.split_seed);
+        (train, split.val)
+    } else {
+        let test = load_mnist(&args.data_dir, Split::Test)?;
+        let n = test.len();
+        (test, (0..n).collect())
+    };
+    let n = args.limit.unwrap_or(indices.len()).min(indices.len());
+    let digits: Vec<[u8; PIXELS]> = indices[..n]
+        .iter()
+        .map(|&i| set.images.image(i).try_into().expect("28x28"))
         .collect();
-    let labels = &test.labels[..n];
+    let labels: Vec<u8> = indices[..n].iter().map(|&i| set.labels[i]).collect();
+    let labels = &labels[..];
     let tensors: Vec<_> = digits
         .iter()
         .map(|d| normalize_mnist(d).expect("784 bytes"))
@@ -118,6 +148,11 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
             model: path.display().to_string(),
             version: model.version(),
             mnist_test: right as f64 / n.max(1) as f64,
+            set: if args.validation {
+                format!("validation ({} of MNIST train, seed {})", n, args.split_seed)
+            } else {
+                "MNIST test".into()
+            },
             field,
             robustness,
         });
@@ -137,7 +172,8 @@ pub fn markdown(scores: &[ModelScores]) -> String {
     }
     s += "\n|---|";
     s += &"---|".repeat(scores.len());
-    s += "\n| MNIST test (tensors) |";
+    let set = scores.first().map(|m| m.set.as_str()).unwrap_or("MNIST test");
+    s += &format!("\n| {set} (tensors) |");
     for m in scores {
         s += &format!(" {:.2}% |", m.mnist_test * 100.0);
     }
