@@ -149,7 +149,10 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
             version: model.version(),
             mnist_test: right as f64 / n.max(1) as f64,
             set: if args.validation {
-                format!("validation ({} of MNIST train, seed {})", n, args.split_seed)
+                format!(
+                    "validation ({} of MNIST train, seed {})",
+                    n, args.split_seed
+                )
             } else {
                 "MNIST test".into()
             },
@@ -172,7 +175,10 @@ pub fn markdown(scores: &[ModelScores]) -> String {
     }
     s += "\n|---|";
     s += &"---|".repeat(scores.len());
-    let set = scores.first().map(|m| m.set.as_str()).unwrap_or("MNIST test");
+    let set = scores
+        .first()
+        .map(|m| m.set.as_str())
+        .unwrap_or("MNIST test");
     s += &format!("\n| {set} (tensors) |");
     for m in scores {
         s += &format!(" {:.2}% |", m.mnist_test * 100.0);
