@@ -179,6 +179,15 @@ pub fn markdown(scores: &[ModelScores]) -> String {
         .first()
         .map(|m| m.set.as_str())
         .unwrap_or("MNIST test");
+    // Row ids keep their names; on the validation split a row named for
+    // MNIST test is shown as what it measured.
+    let label = |row: &str| {
+        if set == "MNIST test" {
+            row.to_string()
+        } else {
+            row.replace("(MNIST test)", "(these digits)")
+        }
+    };
     s += &format!("\n| {set} (tensors) |");
     for m in scores {
         s += &format!(" {:.2}% |", m.mnist_test * 100.0);
@@ -186,7 +195,7 @@ pub fn markdown(scores: &[ModelScores]) -> String {
     s += "\n";
     let rows = scores.first().map(|m| m.field.len()).unwrap_or(0);
     for r in 0..rows {
-        s += &format!("| {} |", scores[0].field[r].row);
+        s += &format!("| {} |", label(&scores[0].field[r].row));
         for m in scores {
             let f = &m.field[r];
             s += &format!(" {:.2}%", f.accuracy * 100.0);
@@ -199,11 +208,46 @@ pub fn markdown(scores: &[ModelScores]) -> String {
     }
     let rows = scores.first().map(|m| m.robustness.len()).unwrap_or(0);
     for r in 0..rows {
-        s += &format!("| tensor: {} |", scores[0].robustness[r].variant);
+        s += &format!("| tensor: {} |", label(&scores[0].robustness[r].variant));
         for m in scores {
             s += &format!(" {:.2}% |", m.robustness[r].accuracy * 100.0);
         }
         s += "\n";
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(set: &str) -> ModelScores {
+        ModelScores {
+            model: "m.onnx".into(),
+            version: "v1".into(),
+            mnist_test: 0.99,
+            set: set.into(),
+            field: Vec::new(),
+            robustness: vec![RobustnessRow {
+                variant: "clean (MNIST test)".into(),
+                accuracy: 0.99,
+                refused: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_validation_table_does_not_call_its_rows_mnist_test() {
+        let test = markdown(&[scores("MNIST test")]);
+        assert!(
+            test.contains("| tensor: clean (MNIST test) | 99.00% |"),
+            "{test}"
+        );
+        let val = markdown(&[scores("validation (12000 of MNIST train, seed 42)")]);
+        assert!(!val.contains("MNIST test"), "{val}");
+        assert!(
+            val.contains("| tensor: clean (these digits) | 99.00% |"),
+            "{val}"
+        );
+    }
 }
