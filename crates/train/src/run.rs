@@ -303,6 +303,10 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             .iter()
             .map(|f| (f.result.row.clone(), f.probs.clone(), test_labels.to_vec())),
     );
+    let forms: Vec<&str> = crate::field::FieldRow::ALL
+        .iter()
+        .map(|r| r.name())
+        .collect();
     let cal = calibrate::calibrate(
         &calibrate::Validation {
             name: "validation (clean + field renderings)",
@@ -310,6 +314,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             labels: &val_labels,
             clean: split.val.len(),
             per_form,
+            forms: &forms,
         },
         &sets,
     );
@@ -671,6 +676,33 @@ pub fn markdown(r: &Report) -> String {
                 row += &format!(" {:.1}% / {:.2}% |", cov * 100.0, acc * 100.0);
             }
             let _ = writeln!(s, "{row}");
+        }
+        if !c.needs.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nWhat sets each threshold: every validation group alone, the threshold its own bar would need (0: it meets its bar with every answer kept; none: no threshold meets it). The highest need, in bold, sets the threshold; the threshold may sit a little lower, at the next confidence another group has, where it keeps the same answers of that group.\n"
+            );
+            let mut head = String::from("| validation group |");
+            let mut line = String::from("|---|");
+            for target in &c.targets {
+                head += &format!(" {}% |", target * 100.0);
+                line += "---|";
+            }
+            let _ = writeln!(s, "{head}\n{line}");
+            for need in &c.needs {
+                let mut row = format!("| {} |", need.group);
+                for (i, th) in need.thresholds.iter().enumerate() {
+                    let sets =
+                        calibrate::set_by(&c.needs, i).is_some_and(|b| b.group == need.group);
+                    let th = th.map_or("none".to_string(), |t| format!("{t:.4}"));
+                    row += &if sets {
+                        format!(" **{th}** |")
+                    } else {
+                        format!(" {th} |")
+                    };
+                }
+                let _ = writeln!(s, "{row}");
+            }
         }
         let _ = writeln!(
             s,
