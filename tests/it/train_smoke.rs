@@ -126,6 +126,8 @@ fn same_seed_gives_the_same_model_and_resume_continues() {
     half.stop_after = Some(1);
     let r1 = run(&half, &AtomicBool::new(false)).unwrap();
     assert!(r1.interrupted && r1.epochs_trained == 1);
+    let e1 = b.path().join("e1.bpk");
+    std::fs::copy(b.path().join("checkpoint/model.bpk"), &e1).unwrap();
     half.stop_after = None;
     half.resume = true;
     let rb = run(&half, &AtomicBool::new(false)).unwrap();
@@ -135,6 +137,39 @@ fn same_seed_gives_the_same_model_and_resume_continues() {
         "resumed run differs from the straight one"
     );
     assert_eq!(ra.history[1].val_loss, rb.history[1].val_loss);
+
+    // A soup of the finished run's epochs, batch norm included, exported
+    // as a candidate without touching the test set or the run's report.
+    let report_before = std::fs::read(b.path().join("report.json")).unwrap();
+    let model_before = std::fs::read(b.path().join("model.onnx")).unwrap();
+    let mut soup = half.clone();
+    soup.no_test = true;
+    soup.soup = vec![format!("{}=0.5", e1.display()).parse().unwrap()];
+    soup.validate().unwrap();
+    let rs = run(&soup, &AtomicBool::new(false)).unwrap();
+    assert_eq!(rs.test.images, 0, "--no-test must not score on test");
+    assert_ne!(rs.val_accuracy, 0.0);
+    assert_eq!(
+        std::fs::read(b.path().join("report.json")).unwrap(),
+        report_before
+    );
+    assert_eq!(
+        std::fs::read(b.path().join("model.onnx")).unwrap(),
+        model_before
+    );
+    let candidate = b.path().join(mnister_train::run::CANDIDATE);
+    let m = crate::common::model_file(&candidate);
+    assert!(!m.metadata.contains_key("accuracy.test"));
+    assert!(m.metadata["report"].contains("never scored"));
+    assert_eq!(
+        m.metadata["accuracy.val"],
+        format!("{:.6}", rs.val_accuracy)
+    );
+    assert_ne!(
+        std::fs::read(&candidate).unwrap(),
+        model_before,
+        "the soup moved the weights"
+    );
 }
 
 #[test]

@@ -40,11 +40,12 @@ pub struct TrainArgs {
 
     /// Export a weighted mean of the best epoch and these networks instead
     /// of the best epoch alone: `PATH=W`, repeatable, each an exported fp32
-    /// `.onnx` or a `.bpk` checkpoint of --arch reference; the best epoch
+    /// `.onnx` or a `.bpk` checkpoint of the same --arch; the best epoch
     /// gets 1 minus the sum. Weight-space averaging of a fine-tune with its
     /// start and its siblings (WiSE-FT; model soups) keeps what each run's
-    /// augmentation taught, where picking one run keeps one. Needs --arch
-    /// reference.
+    /// augmentation taught, where picking one run keeps one. With --arch
+    /// reference-bn, only .bpk checkpoints of that network (the export folds
+    /// batch norm away).
     #[arg(long = "soup", env = "MNISTER_TRAIN_SOUP", value_delimiter = ',')]
     #[serde(default)]
     pub soup: Vec<SoupPart>,
@@ -204,6 +205,15 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_TRAIN_INT8")]
     #[serde(default)]
     pub int8: bool,
+
+    /// Export the best epoch (or the --soup) to `candidate.onnx` in --out
+    /// and stop, without reading the test set: no report, no temperature,
+    /// no --export. For choosing between candidates (soup weights, calm
+    /// endings) with `evaluate --validation` before one of them is
+    /// reported on test.
+    #[arg(long, env = "MNISTER_TRAIN_NO_TEST")]
+    #[serde(default)]
+    pub no_test: bool,
 }
 
 impl TrainArgs {
@@ -361,10 +371,14 @@ impl TrainArgs {
                 ));
             }
             if self.arch != crate::model::Arch::Reference {
-                problems.push(format!(
-                    "--soup needs --arch reference (networks without batch norm), got --arch {}",
-                    self.arch.name()
-                ));
+                for p in self.soup.iter().filter(|p| is_onnx(&p.path)) {
+                    problems.push(format!(
+                        "--soup {}: an exported .onnx has its batch norm folded away, so it mixes only with \
+                         --arch reference; with --arch {} give .bpk checkpoints of the same network",
+                        p.path.display(),
+                        self.arch.name()
+                    ));
+                }
             }
             for p in self.soup.iter().filter(|p| !p.path.is_file()) {
                 problems.push(format!("--soup {} is not a file", p.path.display()));
@@ -421,6 +435,10 @@ impl std::str::FromStr for SoupPart {
     }
 }
 
+fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "onnx")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,8 +472,12 @@ mod tests {
         assert!(ok.validate().is_ok(), "{:?}", ok.validate());
         let over = args(&["--arch", "reference", "--soup", &format!("{f}=0.6,{f}=0.5")]);
         assert!(over.validate().unwrap_err().contains("add up to"));
-        let bn = args(&["--arch", "reference-bn", "--soup", &format!("{f}=0.5")]);
+        let onnx = tempfile::Builder::new().suffix(".onnx").tempfile().unwrap();
+        let o = onnx.path().display().to_string();
+        let bn = args(&["--arch", "reference-bn", "--soup", &format!("{o}=0.5")]);
         assert!(bn.validate().unwrap_err().contains("--arch reference"));
+        let bn_bpk = args(&["--arch", "reference-bn", "--soup", &format!("{f}=0.5")]);
+        assert!(bn_bpk.validate().is_ok(), "{:?}", bn_bpk.validate());
         let missing = args(&["--arch", "reference", "--soup", "/no/such/file.onnx=0.5"]);
         assert!(missing.validate().unwrap_err().contains("not a file"));
     }

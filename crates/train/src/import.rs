@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Param;
+use burn::module::{Param, RunningState};
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -116,18 +116,36 @@ fn mix_param<const D: usize>(a: &mut Param<Tensor<D>>, b: &Param<Tensor<D>>, alp
     *a = Param::from_tensor(t);
 }
 
+fn mix_running(
+    a: &RunningState<Tensor<1>>,
+    b: &RunningState<Tensor<1>>,
+    alpha: f32,
+) -> RunningState<Tensor<1>> {
+    RunningState::new(
+        a.value()
+            .mul_scalar(1.0 - alpha)
+            .add(b.value().mul_scalar(alpha)),
+    )
+}
+
 /// `(1 - alpha) * start + alpha * tuned`, weight by weight: the
 /// interpolation of a fine-tuned network with the one it started from
 /// (WiSE-FT, Wortsman et al. 2022). Both sit in one basin, so the mix keeps
 /// much of what the start knew and the fine-tune's narrower augmentation
 /// made it forget, while keeping most of what the fine-tune added.
-/// Networks without batch norm only, as `load_onnx` gives.
+/// With batch norm, its scale, shift and running statistics mix the same
+/// way: the ingredients then have to share an ancestor (epochs of one run,
+/// or calm endings resumed from one checkpoint), as unrelated runs do not
+/// sit in one basin.
 pub fn interpolate(mut start: Cnn, tuned: &Cnn, alpha: f32) -> Result<Cnn> {
     if !(0.0..=1.0).contains(&alpha) {
         bail!("the mix weight must be in [0, 1], got {alpha}");
     }
-    if start.c1.bn.is_some() || tuned.c1.bn.is_some() {
-        bail!("weight interpolation is for networks without batch norm (--arch reference)");
+    if start.c1.bn.is_some() != tuned.c1.bn.is_some() {
+        bail!(
+            "cannot mix a network with batch norm and one without: use ingredients of one --arch \
+             (an exported .onnx has its batch norm folded away, so it mixes only with --arch reference)"
+        );
     }
     let pairs = [
         (&mut start.c1, &tuned.c1),
@@ -140,6 +158,12 @@ pub fn interpolate(mut start: Cnn, tuned: &Cnn, alpha: f32) -> Result<Cnn> {
         mix_param(&mut a.conv.weight, &b.conv.weight, alpha);
         if let (Some(x), Some(y)) = (a.conv.bias.as_mut(), b.conv.bias.as_ref()) {
             mix_param(x, y, alpha);
+        }
+        if let (Some(x), Some(y)) = (a.bn.as_mut(), b.bn.as_ref()) {
+            mix_param(&mut x.gamma, &y.gamma, alpha);
+            mix_param(&mut x.beta, &y.beta, alpha);
+            x.running_mean = mix_running(&x.running_mean, &y.running_mean, alpha);
+            x.running_var = mix_running(&x.running_var, &y.running_var, alpha);
         }
     }
     for (a, b) in [(&mut start.fc1, &tuned.fc1), (&mut start.fc2, &tuned.fc2)] {
@@ -154,6 +178,8 @@ pub fn interpolate(mut start: Cnn, tuned: &Cnn, alpha: f32) -> Result<Cnn> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use burn::module::Module;
 
     use super::*;
     use crate::export;
@@ -269,6 +295,63 @@ mod tests {
         );
         assert!(interpolate(a.clone(), &b, 1.5).is_err());
         let bn = Cnn::new(Arch::ReferenceBn, 0.0, &dev);
-        assert!(interpolate(bn, &b, 0.5).is_err());
+        let e = interpolate(bn, &b, 0.5).unwrap_err().to_string();
+        assert!(e.contains("batch norm"), "{e}");
+    }
+
+    #[test]
+    fn batch_norm_scales_and_running_statistics_mix_too() {
+        let dev = device();
+        let (a, b) = (trained_bn(&dev, 3), trained_bn(&dev, 4));
+        let stats = |m: &Cnn| -> Vec<Vec<f32>> {
+            let bn = m.c2.bn.as_ref().unwrap();
+            [
+                bn.gamma.val(),
+                bn.beta.val(),
+                bn.running_mean.value(),
+                bn.running_var.value(),
+            ]
+            .into_iter()
+            .map(|t| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+            .collect()
+        };
+        let (sa, sb) = (stats(&a), stats(&b));
+        assert!(
+            sa.iter().zip(&sb).all(|(x, y)| x != y),
+            "each statistic differs between the ingredients"
+        );
+        let mid = stats(&interpolate(a.clone(), &b, 0.25).unwrap());
+        for ((m, x), y) in mid.iter().zip(&sa).zip(&sb) {
+            for ((m, x), y) in m.iter().zip(x).zip(y) {
+                assert!((m - (0.75 * x + 0.25 * y)).abs() < 1e-5, "{m} {x} {y}");
+            }
+        }
+        // The ends are the ingredients themselves, forward pass included.
+        let end = interpolate(a.clone(), &b, 1.0).unwrap();
+        let (lb, le) = (logits(&b.valid(), &dev), logits(&end.valid(), &dev));
+        assert!(lb.iter().zip(&le).all(|(x, y)| (x - y).abs() < 1e-4));
+    }
+
+    /// A batch-norm network whose scale, shift and running statistics have
+    /// moved from their initial values (one seed each).
+    fn trained_bn(dev: &Device, seed: u64) -> Cnn {
+        dev.seed(seed);
+        let mut m = Cnn::new(Arch::ReferenceBn, 0.0, dev);
+        let shift = seed as f32;
+        for block in [&mut m.c1, &mut m.c2, &mut m.c3, &mut m.c4, &mut m.c5] {
+            let bn = block.bn.as_mut().unwrap();
+            let n = bn.gamma.val().dims()[0];
+            let ramp = |k: f32| {
+                Tensor::<1>::from_data(
+                    TensorData::new((0..n).map(|i| k + i as f32 * 0.01).collect(), [n]),
+                    dev,
+                )
+            };
+            bn.gamma = Param::from_tensor(ramp(1.0 + shift * 0.1));
+            bn.beta = Param::from_tensor(ramp(shift * -0.2));
+            bn.running_mean = RunningState::new(ramp(shift * 0.3));
+            bn.running_var = RunningState::new(ramp(1.0 + shift));
+        }
+        m
     }
 }

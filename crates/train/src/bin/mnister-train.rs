@@ -50,6 +50,14 @@ fn main() -> Result<()> {
         })?;
     }
     let report = run::run(&args, &stop)?;
+    if args.no_test {
+        println!(
+            "validation accuracy {:.4}; candidate (not scored on test): {}",
+            report.val_accuracy,
+            args.out.join(run::CANDIDATE).display()
+        );
+        return Ok(());
+    }
     print!("{}", run::summary(&report));
     println!("report: {}", args.out.join("report.json").display());
     Ok(())
