@@ -363,6 +363,13 @@ impl TrainArgs {
                 problems.push(format!("{flag} must be in [0, 1], got {v}"));
             }
         }
+        if self.no_test && (self.export.is_some() || self.int8) {
+            problems.push(
+                "--no-test writes only candidate.onnx in --out: a model never scored on test is not \
+                 exported for serving (--export) or quantized (--int8); report the chosen candidate first"
+                    .into(),
+            );
+        }
         if !self.soup.is_empty() {
             let sum: f32 = self.soup.iter().map(|p| p.weight).sum();
             if sum > 1.0 + 1e-4 {
@@ -478,6 +485,11 @@ mod tests {
         assert!(bn.validate().unwrap_err().contains("--arch reference"));
         let bn_bpk = args(&["--arch", "reference-bn", "--soup", &format!("{f}=0.5")]);
         assert!(bn_bpk.validate().is_ok(), "{:?}", bn_bpk.validate());
+        let untested = args(&["--no-test", "--export", "models/x.onnx"]);
+        assert!(untested.validate().unwrap_err().contains("--no-test"));
+        let untested = args(&["--no-test", "--int8"]);
+        assert!(untested.validate().unwrap_err().contains("--int8"));
+        assert!(args(&["--no-test"]).validate().is_ok());
         let missing = args(&["--arch", "reference", "--soup", "/no/such/file.onnx=0.5"]);
         assert!(missing.validate().unwrap_err().contains("not a file"));
     }
