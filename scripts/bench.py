@@ -25,11 +25,12 @@ worker ran) and then issue 4's open-loop bar (6 runs at 50% of the unary
 peak) with and without --worker-spin.
 --no-build skips the cargo build and uses target/release as it is;
 MNISTER_BENCH_SERVER names another server binary (an A/B against an older
-build).
+build); MNISTER_BENCH_FOREIGN_FLAGS adds server flags to the foreign-client
+server (an A/B of flags, e.g. "--max-batch-size 4").
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as the bars in issue 4 ask.
 """
-import argparse, hashlib, json, os, re, signal, socket, subprocess, sys, time
+import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -123,12 +124,14 @@ def pyclient(py, server, rpc, concurrency, seconds, warmup):
 def foreign(quick, limit):
     """Foreign clients (issue 18): a Python grpc.aio client, closed loop, N
     calls in flight over one channel, on Classify and on KServe ModelInfer,
-    against one fresh server with the default flags."""
+    against one fresh server with the default flags (or
+    MNISTER_BENCH_FOREIGN_FLAGS)."""
     py = bench_python()
     concurrencies = [16] if quick else [1, 16, 64]
     seconds, warmup = (4, 1) if quick else (8, 2)
     rpcs = [("classify", "Classify (mnist bytes)"), ("modelinfer", "KServe ModelInfer (UINT8 [1,28,28])")]
-    srv = Server([])
+    flags = shlex.split(os.environ.get("MNISTER_BENCH_FOREIGN_FLAGS", ""))
+    srv = Server(flags)
     rows = []
     try:
         for rpc, label in rpcs:
@@ -140,7 +143,8 @@ def foreign(quick, limit):
     finally:
         srv.stop()
     client = rows[0]["client"] if rows else "python grpcio"
-    print(f"\n## Foreign clients ({client}, one channel, closed loop; fresh server, default flags)\n")
+    print(f"\n## Foreign clients ({client}, one channel, closed loop; fresh server, "
+          f"{' '.join(flags) if flags else 'default flags'})\n")
     print(f"Each row: {warmup} s warm-up, then {seconds} s measured; N calls in flight, each timed around its await. "
           "Client CPU: the Python process's user+sys time / wall time (* = 0.9 cores or more: the client, "
           "one event loop, is the bottleneck).\n")
