@@ -21,6 +21,14 @@
 //! worker, on a warm cache, runs every batch; the others join as the load
 //! needs them. (Waiting on a shared channel woke idle workers in turn, so
 //! each inference started on a cold cache and often a migrated thread.)
+//!
+//! A worker takes one share of what waits, `1/workers` of it (never under
+//! two), up to the cap, and wakes a free worker for the rest. Taking
+//! everything up to the cap left the other session running single calls
+//! as they trickled in (29% of batches with 16 Python callers), and held
+//! every answer of a big batch back until its last image was done; shares
+//! keep both sessions and the callers busy at once (docs/benchmarks.md,
+//! "Sharing the queue"). A deep queue still fills whole batches.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
@@ -167,6 +175,10 @@ struct Idle {
     threads: OnceLock<Vec<Thread>>,
     /// Set once the lanes are closing, for workers that poll.
     closing: AtomicBool,
+    /// Workers between taking a batch's first job and finishing its
+    /// inference; the rest are free to share a queue.
+    busy: AtomicUsize,
+    workers: usize,
 }
 
 impl Idle {
@@ -177,6 +189,8 @@ impl Idle {
                 .collect(),
             threads: OnceLock::new(),
             closing: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            workers,
         }
     }
 
@@ -400,10 +414,25 @@ impl Queue {
         }
     }
 
+    /// How many jobs the batch just started may hold: this worker's share
+    /// of what waits (module docs), and a free worker woken if any is left
+    /// over. Counts this worker busy until [`Queue::done`].
+    fn share(&self, cap: usize, with_bulk: bool) -> usize {
+        let others_busy = self.idle.busy.fetch_add(1, Ordering::SeqCst);
+        let free = self.idle.workers.saturating_sub(others_busy + 1);
+        let waiting = 1 + self.interactive.len() + if with_bulk { self.bulk.len() } else { 0 };
+        let share = waiting.div_ceil(self.idle.workers).max(2).min(cap);
+        if waiting > share && free > 0 {
+            self.idle.wake_one();
+        }
+        share
+    }
+
     /// Marks this worker free before it answers a batch: a call that
     /// arrives while it sends the answers waits the few microseconds for it
     /// rather than waking a cold worker. Cleared when it takes a job.
     fn done(&self) {
+        self.idle.busy.fetch_sub(1, Ordering::SeqCst);
         self.idle.set(self.me);
     }
 
@@ -473,8 +502,9 @@ fn worker(
         // it would buy no throughput and make the caller wait for the
         // frames' inference too.
         let with_bulk = batch[0].traffic == Traffic::Bulk;
+        let limit = queue.share(cfg.max_batch_size, with_bulk);
         let until = Instant::now() + cfg.max_batch_delay;
-        while batch.len() < cfg.max_batch_size {
+        while batch.len() < limit {
             match queue.next(until, with_bulk) {
                 Next::Job(job) => batch.push(job),
                 Next::TimedOut | Next::Closed => break,
@@ -514,6 +544,7 @@ fn worker(
             }
         }
         if batch.is_empty() {
+            queue.done();
             continue;
         }
         let n = batch.len();
@@ -816,6 +847,53 @@ mod tests {
             .unwrap();
         b.shutdown();
         assert_eq!(*ran.lock().unwrap(), vec![1, 0]);
+    }
+
+    #[test]
+    fn a_queue_is_taken_in_shares_not_whole() {
+        // Both workers are held inside their first batch while eight calls
+        // queue up. Worker 0 is let go first: it takes half of what waits
+        // (never under two), so worker 1 finds work when it frees instead
+        // of worker 0 running all eight alone.
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let mut opens = Vec::new();
+        let mut entered = Vec::new();
+        let backends: Vec<Box<dyn Backend>> = (0..2)
+            .map(|_| {
+                let (entered_tx, entered_rx) = mpsc::channel();
+                let (open, gate) = mpsc::channel();
+                opens.push(open);
+                entered.push(entered_rx);
+                Box::new(GateBackend {
+                    entered: entered_tx,
+                    gate: Some(gate),
+                    batches: batches.clone(),
+                }) as Box<dyn Backend>
+            })
+            .collect();
+        let b = Batcher::start(backends, config(16));
+        while b.idle.words[0].load(Ordering::SeqCst) != 0b11 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first = submit(&b, 0, Traffic::Interactive);
+        entered[0].recv().unwrap();
+        let second = submit(&b, 1, Traffic::Interactive);
+        entered[1].recv().unwrap();
+        let rest: Vec<_> = (2..=9)
+            .map(|id| submit(&b, id, Traffic::Interactive))
+            .collect();
+        opens[0].send(()).unwrap();
+        for rx in std::iter::once(first).chain(rest) {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        opens[1].send(()).unwrap();
+        second.blocking_recv().unwrap().unwrap();
+        b.shutdown();
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![vec![0], vec![2, 3, 4, 5], vec![6, 7], vec![8, 9], vec![1]],
+            "halves of what waits while the other worker is busy"
+        );
     }
 
     #[test]
