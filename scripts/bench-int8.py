@@ -10,7 +10,10 @@ Prints Markdown for docs/benchmarks.md and writes results.json to --out.
 Run it on an otherwise idle machine; the client shares the CPU with the
 server, as in scripts/bench.py.
 """
-import argparse, json, os, re, signal, socket, subprocess, time
+import argparse, json, os, re, signal, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_ports  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -22,17 +25,9 @@ def sh(cmd):
     return subprocess.run(cmd, check=True, cwd=ROOT, text=True, capture_output=True).stdout
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class Server:
     def __init__(self, model):
-        self.grpc, self.metrics = free_port(), free_port()
+        self.grpc, self.metrics = free_ports(2)
         self.p = subprocess.Popen(
             [f"{REL}/mnister-server", "--model", model, "--grpc-addr", f"127.0.0.1:{self.grpc}",
              "--metrics-addr", f"127.0.0.1:{self.metrics}", "--http-addr", "127.0.0.1:0"],

@@ -19,10 +19,13 @@ Needs a release build (target/release/mnister-server, mnister) and Pillow
 MNISTER_BENCH_SERVER names another server binary (an A/B against an older
 build).
 """
-import argparse, gzip, json, os, random, re, signal, socket, statistics, subprocess, sys, time
+import argparse, gzip, json, os, random, re, signal, statistics, subprocess, sys, time
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_ports  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -51,15 +54,7 @@ def photo(w, h, seed, label_index=0):
     region = paper[y0:y0 + side, x0:x0 + side]
     paper[y0:y0 + side, x0:x0 + side] = region * (1 - ink[..., None]) + 40 * ink[..., None]
     paper += rng.normal(0, 5, paper.shape).astype(np.float32)
-    return Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8), "RGB")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    return Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
 
 
 def main():
@@ -74,7 +69,7 @@ def main():
         p = os.path.join(a.out, f"photo-{w}x{h}.jpg")
         photo(w, h, seed=w).save(p, quality=90, subsampling=2)
         files.append(p)
-    grpc = free_port()
+    (grpc,) = free_ports(1)
     server = subprocess.Popen(
         [os.environ.get("MNISTER_BENCH_SERVER", f"{REL}/mnister-server"), "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr", "127.0.0.1:0",
          "--metrics-addr", "127.0.0.1:0", "--max-image-bytes", str(16 << 20), "--max-message-bytes", str(17 << 20)],

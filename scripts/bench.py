@@ -40,30 +40,41 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, cwd=ROOT, text=True, capture_output=True, **kw).stdout
 
 
+def free_ports(n):
+    """n distinct free ports: every socket stays bound until all are
+    chosen, so two calls in a row cannot hand out the same port."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    return free_ports(1)[0]
 
 
 class Server:
     def __init__(self, flags):
-        self.grpc, self.metrics = free_port(), free_port()
+        self.grpc, self.metrics = free_ports(2)
         self.t0 = time.time()
         self.p = subprocess.Popen(
             [os.environ.get("MNISTER_BENCH_SERVER", f"{REL}/mnister-server"), "--grpc-addr", f"127.0.0.1:{self.grpc}",
              "--metrics-addr", f"127.0.0.1:{self.metrics}", "--http-addr", "127.0.0.1:0", *flags],
             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "info,ort=warn"})
         self.startup_ms = None
+        said = []
         for line in self.p.stderr:
+            said.append(line)
             m = re.search(r"startup_ms=(\d+)", line)
             if m:
                 self.startup_ms = int(m.group(1))
                 break
         if self.startup_ms is None:
-            raise SystemExit("server did not start")
+            raise SystemExit(f"server did not start (exit {self.p.wait()}):\n{''.join(said[-20:])}")
 
     def rss_mb(self, field="VmRSS"):
         with open(f"/proc/{self.p.pid}/status") as f:
