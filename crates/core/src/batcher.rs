@@ -28,7 +28,8 @@
 //! as they trickled in (29% of batches with 16 Python callers), and held
 //! every answer of a big batch back until its last image was done; shares
 //! keep both sessions and the callers busy at once (docs/benchmarks.md,
-//! "Sharing the queue"). A deep queue still fills whole batches.
+//! "Sharing the queue"). A deep queue still fills whole batches, and a
+//! batch delay (`--max-batch-delay`) keeps the cap as its target.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
@@ -417,8 +418,14 @@ impl Queue {
     /// How many jobs the batch just started may hold: this worker's share
     /// of what waits (module docs), and a free worker woken if any is left
     /// over. Counts this worker busy until [`Queue::done`].
-    fn share(&self, cap: usize, with_bulk: bool) -> usize {
+    /// With a batch delay the caller asked for batches to fill while they
+    /// wait, so the cap stands: a share of what waits at the first job
+    /// would end the batch before the delay could fill it.
+    fn share(&self, cap: usize, with_bulk: bool, delay: Duration) -> usize {
         let others_busy = self.idle.busy.fetch_add(1, Ordering::SeqCst);
+        if !delay.is_zero() || self.idle.workers == 1 {
+            return cap;
+        }
         let free = self.idle.workers.saturating_sub(others_busy + 1);
         let waiting = 1 + self.interactive.len() + if with_bulk { self.bulk.len() } else { 0 };
         let share = waiting.div_ceil(self.idle.workers).max(2).min(cap);
@@ -502,7 +509,7 @@ fn worker(
         // it would buy no throughput and make the caller wait for the
         // frames' inference too.
         let with_bulk = batch[0].traffic == Traffic::Bulk;
-        let limit = queue.share(cfg.max_batch_size, with_bulk);
+        let limit = queue.share(cfg.max_batch_size, with_bulk, cfg.max_batch_delay);
         let until = Instant::now() + cfg.max_batch_delay;
         while batch.len() < limit {
             match queue.next(until, with_bulk) {
@@ -894,6 +901,34 @@ mod tests {
             vec![vec![0], vec![2, 3, 4, 5], vec![6, 7], vec![8, 9], vec![1]],
             "halves of what waits while the other worker is busy"
         );
+    }
+
+    #[test]
+    fn a_batch_delay_still_fills_to_the_cap() {
+        // The first call finds nothing else waiting; with a delay the
+        // batch must keep filling to the cap, not stop at a share of one.
+        let (entered_tx, _entered) = mpsc::channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let backend = GateBackend {
+            entered: entered_tx,
+            gate: None,
+            batches: batches.clone(),
+        };
+        let b = Batcher::start(
+            vec![Box::new(backend)],
+            BatcherConfig {
+                max_batch_delay: Duration::from_secs(5),
+                ..config(4)
+            },
+        );
+        let mut calls = vec![submit(&b, 0, Traffic::Interactive)];
+        std::thread::sleep(Duration::from_millis(20));
+        calls.extend((1..4).map(|id| submit(&b, id, Traffic::Interactive)));
+        for rx in calls {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        b.shutdown();
+        assert_eq!(*batches.lock().unwrap(), vec![vec![0, 1, 2, 3]]);
     }
 
     #[test]
