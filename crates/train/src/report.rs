@@ -186,9 +186,14 @@ fn draw_digit<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Every misclassified test image: true label top-left (green), prediction
-/// bottom-right (red).
-pub fn errors(path: &Path, errors: &[Misclassified], images: &[MnistImage]) -> Result<()> {
+/// Every misclassified image of `set`: true label top-left (green),
+/// prediction bottom-right (red).
+pub fn errors(
+    path: &Path,
+    set: &str,
+    errors: &[Misclassified],
+    images: &[MnistImage],
+) -> Result<()> {
     fonts();
     let (scale, pad, cols) = (3i32, 6i32, 12usize);
     let tile = 28 * scale + pad;
@@ -199,7 +204,7 @@ pub fn errors(path: &Path, errors: &[Misclassified], images: &[MnistImage]) -> R
     root.fill(&WHITE).map_err(err)?;
     root.draw(&Text::new(
         format!(
-            "{} misclassified test images: true label top-left, prediction bottom-right",
+            "{} misclassified {set} images: true label top-left, prediction bottom-right",
             errors.len()
         ),
         (pad, 10),

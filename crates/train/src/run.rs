@@ -403,6 +403,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     report::confusion(&args.out.join("confusion.png"), &report.test)?;
     report::errors(
         &args.out.join("errors.png"),
+        "test",
         &report.test.errors,
         &test_images,
     )?;

@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use mnister_core::backend::ort::{OrtBackend, init_runtime, load_model};
 use mnister_core::idx::{Split, load_mnist};
 use mnister_core::preprocess::{PIXELS, normalize_mnist};
 
+use crate::calibrate;
 use crate::data::stratified_split;
-use crate::evaluate::{self, FieldInput, FieldResult};
-use crate::fit::argmax;
+use crate::evaluate::{self, FieldInput, FieldResult, Misclassified};
 use crate::robustness::RobustnessRow;
 use crate::run::robustness_table;
 
@@ -71,6 +71,12 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
+    /// Draw every misclassified clean image here (PNG), most confident
+    /// first: to see whether a set's confident mistakes are the model's or
+    /// the labels'. One model only.
+    #[arg(long)]
+    pub errors_png: Option<PathBuf>,
+
     #[arg(long, env = "MNISTER_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
 }
@@ -89,9 +95,56 @@ pub struct ModelScores {
     /// The tensor robustness rows (empty with --robustness=false).
     #[serde(default)]
     pub robustness: Vec<RobustnessRow>,
+    /// Every misclassified clean image, most confident first; `index` is
+    /// the image's index in its MNIST file (train under --validation).
+    #[serde(default)]
+    pub errors: Vec<Misclassified>,
+    /// For each kept-accuracy target, the threshold this set itself would
+    /// choose and what it keeps. Not a threshold to serve with (it is fitted
+    /// on the scored set): it separates how well the model ranks its own
+    /// answers from how far a threshold chosen elsewhere carries.
+    #[serde(default)]
+    pub own_thresholds: Vec<OwnThreshold>,
+}
+
+/// A threshold chosen on the scored set itself.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OwnThreshold {
+    pub target: f64,
+    /// None when no threshold reaches the target.
+    pub threshold: Option<f32>,
+    pub coverage: f64,
+    pub accuracy: f64,
+}
+
+/// The kept-accuracy targets of the report's reject option.
+const TARGETS: [f64; 3] = [0.99, 0.995, 0.999];
+
+/// Thresholds `probs` itself would choose for each target, and what they keep.
+pub fn own_thresholds(probs: &[f32], labels: &[u8]) -> Vec<OwnThreshold> {
+    TARGETS
+        .iter()
+        .map(|&target| {
+            let threshold = calibrate::threshold_for(probs, labels, target);
+            let (coverage, accuracy) =
+                threshold.map_or((0.0, 0.0), |t| calibrate::coverage_at(probs, labels, t));
+            OwnThreshold {
+                target,
+                threshold,
+                coverage,
+                accuracy,
+            }
+        })
+        .collect()
 }
 
 pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
+    if args.errors_png.is_some() && args.models.len() > 1 {
+        bail!(
+            "--errors-png draws one model's mistakes; {} models were given",
+            args.models.len()
+        );
+    }
     let env = init_runtime(args.ort_lib.as_deref())?;
     let (set, indices): (_, Vec<usize>) = if args.validation {
         let train = load_mnist(&args.data_dir, Split::Train)?;
@@ -122,11 +175,20 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
         let model = load_model(env, path).with_context(|| format!("loading {}", path.display()))?;
         let mut backend = OrtBackend::for_model(env, &model, 2)?;
         let probs = evaluate::predict(&mut backend, &tensors)?;
-        let right = probs
-            .chunks(10)
-            .zip(labels)
-            .filter(|(p, l)| argmax(p) == **l as usize)
-            .count();
+        let mut errors = evaluate::test_metrics(&probs, labels).errors;
+        errors.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        if let Some(png) = &args.errors_png {
+            let set = if args.validation {
+                "validation"
+            } else {
+                "test"
+            };
+            crate::report::errors(png, set, &errors, &tensors)?;
+        }
+        let right = n - errors.len();
+        for e in &mut errors {
+            e.index = indices[e.index];
+        }
         let mut field = Vec::new();
         for input in &inputs {
             let t = std::time::Instant::now();
@@ -158,6 +220,8 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
             },
             field,
             robustness,
+            own_thresholds: own_thresholds(&probs, labels),
+            errors,
         });
     }
     if let Some(p) = &args.json {
@@ -214,6 +278,21 @@ pub fn markdown(scores: &[ModelScores]) -> String {
         }
         s += "\n";
     }
+    let rows = scores.first().map(|m| m.own_thresholds.len()).unwrap_or(0);
+    for r in 0..rows {
+        s += &format!(
+            "| {:.1}% kept, threshold fitted on these digits: t / coverage |",
+            scores[0].own_thresholds[r].target * 100.0
+        );
+        for m in scores {
+            let o = &m.own_thresholds[r];
+            match o.threshold {
+                Some(t) => s += &format!(" {t:.4} / {:.2}% |", o.coverage * 100.0),
+                None => s += " not reached |",
+            }
+        }
+        s += "\n";
+    }
     s
 }
 
@@ -233,6 +312,11 @@ mod tests {
                 accuracy: 0.99,
                 refused: 0,
             }],
+            errors: Vec::new(),
+            own_thresholds: own_thresholds(
+                &[0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                &[0],
+            ),
         }
     }
 
@@ -249,5 +333,38 @@ mod tests {
             val.contains("| tensor: clean (these digits) | 99.00% |"),
             "{val}"
         );
+        assert!(
+            val.contains(
+                "| 99.9% kept, threshold fitted on these digits: t / coverage | 0.9000 / 100.00% |"
+            ),
+            "{val}"
+        );
+    }
+
+    #[test]
+    fn own_thresholds_keep_the_most_answers_that_reach_each_target() {
+        // 1,000 answers: 990 right at 0.99, then 10 wrong at 0.5.
+        let mut probs = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..1000 {
+            let mut p = [0.0f32; 10];
+            if i < 990 {
+                p[1] = 0.99;
+            } else {
+                p[2] = 0.5;
+            }
+            probs.extend_from_slice(&p);
+            labels.push(1);
+        }
+        let own = own_thresholds(&probs, &labels);
+        // 99% is reached with every answer kept, 99.5% and 99.9% only
+        // by dropping the ten mistakes.
+        assert_eq!(own[0].threshold, Some(0.5));
+        assert_eq!(own[0].coverage, 1.0);
+        for o in &own[1..] {
+            assert_eq!(o.threshold, Some(0.99));
+            assert_eq!(o.coverage, 0.99);
+            assert_eq!(o.accuracy, 1.0);
+        }
     }
 }
