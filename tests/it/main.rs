@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod confidence;
 mod connections;
+mod ensemble;
 mod faults;
 mod field;
 mod http;

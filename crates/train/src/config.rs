@@ -88,6 +88,13 @@ pub struct TrainArgs {
     #[arg(long, env = "MNISTER_TRAIN_SEED", default_value_t = 42)]
     pub seed: u64,
 
+    /// Seed of the train/validation split, when it must differ from --seed:
+    /// members of one ensemble (`mnister-train ensemble`) hold out the same
+    /// split while their weights and augmentation draws differ.
+    /// Default: --seed.
+    #[arg(long, env = "MNISTER_TRAIN_SPLIT_SEED")]
+    pub split_seed: Option<u64>,
+
     /// Validation images held out of MNIST's 60,000 training images.
     #[arg(long, env = "MNISTER_TRAIN_VAL_SIZE", default_value_t = 12_000)]
     pub val_size: usize,
@@ -276,6 +283,11 @@ impl TrainArgs {
     }
 
     /// Checks the flags against each other before any work starts.
+    /// The seed that picks the validation split.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if self.epochs == 0 {

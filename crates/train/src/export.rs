@@ -18,7 +18,7 @@ use crate::onnx::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringS
 /// The ONNX operator set we target.
 pub const OPSET: i64 = 13;
 /// ONNX IR version 8 (ONNX 1.10+), which every ONNX Runtime since 1.10 reads.
-const IR_VERSION: i64 = 8;
+pub(crate) const IR_VERSION: i64 = 8;
 pub const INPUT: &str = "image";
 pub const OUTPUT: &str = "probabilities";
 

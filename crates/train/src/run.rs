@@ -23,6 +23,7 @@ use mnister_core::backend::Backend;
 use mnister_core::backend::ort::{init_runtime, open_model};
 use mnister_core::idx::{Dataset, Split, load_mnist};
 use mnister_core::preprocess::{self, MnistImage, PIXELS};
+use ort::environment::Environment;
 
 /// Images compared between burn and ONNX Runtime (the bar asks for ≥ 1,000).
 const PARITY_IMAGES: usize = 2000;
@@ -84,11 +85,11 @@ pub fn git_commit() -> String {
     }
 }
 
-fn metadata(args: &TrainArgs, r: &Report) -> BTreeMap<String, String> {
+fn metadata(r: &Report) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("name".into(), "mnist-cnn".into());
     m.insert("precision".into(), "fp32".into());
-    m.insert("architecture".into(), args.arch.name().into());
+    m.insert("architecture".into(), r.architecture.clone());
     m.insert("parameters".into(), r.parameters.to_string());
     m.insert(
         "input".into(),
@@ -161,7 +162,7 @@ fn metadata(args: &TrainArgs, r: &Report) -> BTreeMap<String, String> {
     m
 }
 
-fn dataset_checksums(train: &Dataset, test: &Dataset) -> BTreeMap<String, String> {
+pub fn dataset_checksums(train: &Dataset, test: &Dataset) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("train_images_sha256".into(), train.images_sha256.clone()),
         ("train_labels_sha256".into(), train.labels_sha256.clone()),
@@ -200,12 +201,12 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     let env = init_runtime(args.ort_lib.as_deref())?;
 
     let train = load_mnist(&args.data_dir, Split::Train)?;
-    let mut split = data::stratified_split(&train.labels, args.val_size, args.seed);
+    let mut split = data::stratified_split(&train.labels, args.val_size, args.split_seed());
     if let Some(n) = args.train_limit {
-        split.train = data::stratified_subset(&split.train, &train.labels, n, args.seed);
+        split.train = data::stratified_subset(&split.train, &train.labels, n, args.split_seed());
     }
     if let Some(n) = args.val_limit {
-        split.val = data::stratified_subset(&split.val, &train.labels, n, args.seed);
+        split.val = data::stratified_subset(&split.val, &train.labels, n, args.split_seed());
     }
     let probe = Cnn::new(args.arch, args.dropout, &fit::device());
     let parameters = probe.inference_params();
@@ -274,21 +275,88 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     let test_images: Vec<MnistImage> = (0..n_test).map(|i| data::image(&test, i)).collect();
     let test_labels = &test.labels[..n_test];
 
+    let stage = Stage {
+        out: &args.out,
+        data_dir: &args.data_dir,
+        export: args.export.as_deref(),
+        int8: args.int8,
+        split_seed: args.split_seed(),
+        val_size: args.val_size,
+        test_limit: args.test_limit,
+        ort_lib: args.ort_lib.as_deref(),
+        version_prefix: args.arch.name(),
+    };
+    finish(
+        &stage,
+        env,
+        &train,
+        &split.val,
+        &test_images,
+        test_labels,
+        &mut report,
+        &|meta, t| export::to_bytes_calibrated(&outcome.best, meta, t),
+        &|probs, images| evaluate::parity(&outcome.best, probs, images),
+    )?;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("report.md"), markdown(&report))?;
+    Ok(report)
+}
+
+/// Where the report stage writes and what it reads besides the model.
+pub struct Stage<'a> {
+    pub out: &'a Path,
+    pub data_dir: &'a Path,
+    /// Also copy the final model (and its int8 twin) here.
+    pub export: Option<&'a Path>,
+    pub int8: bool,
+    /// The validation split the model held out, as `--seed` and
+    /// `--val-size` chose it: the calibration set comes from it.
+    pub split_seed: u64,
+    pub val_size: usize,
+    pub test_limit: Option<usize>,
+    pub ort_lib: Option<&'a Path>,
+    /// The model version is this, a dash, and the weights' hash.
+    pub version_prefix: &'a str,
+}
+
+/// The model file, from metadata and a temperature to fold in.
+pub type Exporter<'a> = dyn Fn(&BTreeMap<String, String>, f32) -> Vec<u8> + 'a;
+/// Compares ONNX Runtime's probabilities with the model's own reference.
+pub type ParityCheck<'a> = dyn Fn(&[f32], &[MnistImage]) -> Parity + 'a;
+
+/// The report stage, shared by a training run and an ensemble: scores the
+/// model through ONNX Runtime on test, robustness, field and non-digit
+/// sets, fits the temperature and thresholds on the validation split, and
+/// writes the final model (and int8 twin) with every number in its
+/// metadata.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    stage: &Stage,
+    env: &'static Environment,
+    train: &Dataset,
+    val: &[usize],
+    test_images: &[MnistImage],
+    test_labels: &[u8],
+    report: &mut Report,
+    export: &Exporter,
+    parity: &ParityCheck,
+) -> Result<()> {
+    let n_test = test_images.len();
     // Evaluate a first export (metadata without the test numbers), then
     // write the final file with every number in its metadata. The weights,
     // and so the predictions, are identical.
-    let onnx_path = args.out.join("model.onnx");
-    let bytes = export::to_bytes(&outcome.best, &metadata(args, &report));
+    let onnx_path = stage.out.join("model.onnx");
+    let bytes = export(&metadata(report), 1.0);
     let (_, mut backend) =
         open_model(env, &onnx_path, bytes, 2).context("the exporter wrote an invalid model")?;
-    let probs = evaluate::predict(&mut backend, &test_images)?;
+    let probs = evaluate::predict(&mut backend, test_images)?;
     let n_parity = PARITY_IMAGES.min(n_test);
-    report.parity = evaluate::parity(
-        &outcome.best,
-        &probs[..n_parity * 10],
-        &test_images[..n_parity],
-    );
-    report.robustness = robustness_table(&mut backend, &test_images, test_labels)?.rows;
+    report.parity = parity(&probs[..n_parity * 10], &test_images[..n_parity]);
+    report.robustness = robustness_table(&mut backend, test_images, test_labels)?.rows;
     let digits: Vec<[u8; PIXELS]> = test_images
         .iter()
         .map(|img| preprocess::to_bytes(img).try_into().expect("784 values"))
@@ -297,7 +365,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
 
     // Confidence: one temperature and the reject thresholds, fitted on the
     // validation digits as they are and as the field rows render them.
-    let (val_probs, val_labels, per_form) = calibration_set(&mut backend, &train, &split.val)?;
+    let (val_probs, val_labels, per_form) = calibration_set(&mut backend, train, val)?;
     let mut sets = vec![(
         "MNIST test".to_string(),
         probs.clone(),
@@ -317,7 +385,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             name: "validation (clean + field renderings)",
             probs: &val_probs,
             labels: &val_labels,
-            clean: split.val.len(),
+            clean: val.len(),
             per_form,
             forms: &forms,
         },
@@ -325,14 +393,14 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     );
     let t = cal.temperature;
     calibrate::reliability_diagram(
-        &args.out.join("reliability-validation.png"),
+        &stage.out.join("reliability-validation.png"),
         "validation (clean + field renderings)",
         &val_probs,
         &val_labels,
         t,
     )?;
     calibrate::reliability_diagram(
-        &args.out.join("reliability-test.png"),
+        &stage.out.join("reliability-test.png"),
         "MNIST test",
         &probs,
         test_labels,
@@ -347,7 +415,7 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
             (p, l)
         });
     calibrate::reliability_diagram(
-        &args.out.join("reliability-field.png"),
+        &stage.out.join("reliability-field.png"),
         "the field rows, pooled",
         &field_probs,
         &field_labels,
@@ -359,67 +427,59 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
     report.field = field.into_iter().map(|f| f.result).collect();
     report.calibration = Some(cal);
 
-    let mut meta = metadata(args, &report);
-    let weights_hash = hex::encode(Sha256::digest(export::to_bytes_calibrated(
-        &outcome.best,
-        &BTreeMap::new(),
-        t,
-    )));
-    report.version = format!("{}-{}", args.arch.name(), &weights_hash[..10]);
+    let mut meta = metadata(report);
+    let weights_hash = hex::encode(Sha256::digest(export(&BTreeMap::new(), t)));
+    report.version = format!("{}-{}", stage.version_prefix, &weights_hash[..10]);
     meta.insert("version".into(), report.version.clone());
-    let bytes = export::to_bytes_calibrated(&outcome.best, &meta, t);
+    let bytes = export(&meta, t);
     report.onnx_sha256 = hex::encode(Sha256::digest(&bytes));
     std::fs::write(&onnx_path, &bytes)
         .with_context(|| format!("writing {}", onnx_path.display()))?;
-    if let Some(dest) = &args.export {
+    if let Some(dest) = stage.export {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
     }
-    if args.int8 {
+    if stage.int8 {
         let q = crate::quantize::QuantizeArgs {
             model: onnx_path.clone(),
-            out: Some(args.out.join("model.int8.onnx")),
-            data_dir: args.data_dir.clone(),
+            out: Some(stage.out.join("model.int8.onnx")),
+            data_dir: stage.data_dir.to_path_buf(),
             calibration_images: 1000,
             calibration: crate::quantize::CalibrationChoice::Auto,
             percentiles: vec![99.99, 99.999],
-            seed: Some(args.seed),
-            val_size: Some(args.val_size),
-            test_limit: args.test_limit,
+            seed: Some(stage.split_seed),
+            val_size: Some(stage.val_size),
+            test_limit: stage.test_limit,
             weight_bits: 7,
             no_robustness: false,
-            report_dir: Some(args.out.clone()),
-            ort_lib: args.ort_lib.clone(),
+            report_dir: Some(stage.out.to_path_buf()),
+            ort_lib: stage.ort_lib.map(Path::to_path_buf),
         };
         crate::quantize::run(&q)?;
-        if let Some(dest) = &args.export {
+        if let Some(dest) = stage.export {
             std::fs::copy(q.out_path(), crate::quantize::int8_path(dest))?;
         }
     }
 
-    report::curves(&args.out.join("curves.png"), &report.history)?;
-    report::confusion(&args.out.join("confusion.png"), &report.test)?;
+    if !report.history.is_empty() {
+        report::curves(&stage.out.join("curves.png"), &report.history)?;
+    }
+    report::confusion(&stage.out.join("confusion.png"), &report.test)?;
     report::errors(
-        &args.out.join("errors.png"),
+        &stage.out.join("errors.png"),
         "test",
         &report.test.errors,
         &test_images,
     )?;
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("report.md"), markdown(&report))?;
-    Ok(report)
+    Ok(())
 }
 
 /// `--no-test`: the candidate's weights and what is known without the test
 /// set, so that nothing in the file looks measured on it.
 fn export_candidate(args: &TrainArgs, outcome: &fit::FitOutcome, report: &Report) -> Result<()> {
-    let mut meta = metadata(args, report);
+    let mut meta = metadata(report);
     meta.remove("accuracy.test");
     meta.remove("loss.test");
     meta.insert(

@@ -59,7 +59,8 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 12_000)]
     pub val_size: usize,
 
-    /// The validation split's seed, as the training run's --seed.
+    /// The validation split's seed, as the training run's --split-seed
+    /// (or its --seed, when it had none).
     #[arg(long, default_value_t = 42)]
     pub split_seed: u64,
 

@@ -1,5 +1,6 @@
 //! `mnister-train`: trains the digit model, exports ONNX, writes the report.
 //! `mnister-train quantize`: writes a calibrated int8 copy of an fp32 model.
+//! `mnister-train ensemble`: merges trained models into one and reports it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use clap::Parser;
 use mnister_train::config::TrainArgs;
+use mnister_train::ensemble::{self, EnsembleArgs};
 use mnister_train::quantize::{self, QuantizeArgs};
 use mnister_train::run;
 use mnister_train::score::{self, EvaluateArgs};
@@ -33,6 +35,15 @@ fn main() -> Result<()> {
             std::iter::once("mnister-train evaluate".to_string()).chain(std::env::args().skip(2)),
         );
         print!("{}", score::markdown(&score::run(&args)?));
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("ensemble") {
+        let args = EnsembleArgs::parse_from(
+            std::iter::once("mnister-train ensemble".to_string()).chain(std::env::args().skip(2)),
+        );
+        let report = ensemble::run(&args)?;
+        print!("{}", run::summary(&report));
+        println!("report: {}", args.out.join("report.json").display());
         return Ok(());
     }
     let args = TrainArgs::parse();
