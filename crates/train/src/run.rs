@@ -701,7 +701,13 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| ORT vs burn parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
+        "| ORT vs {} parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
+        // An ensemble's reference is its members, run one by one.
+        if r.architecture.starts_with("ensemble") {
+            "members"
+        } else {
+            "burn"
+        },
         r.parity.max_abs_diff,
         pct(r.parity.argmax_agreement),
         r.parity.images
