@@ -464,6 +464,17 @@ mod tests {
     use clap::Parser;
 
     #[test]
+    fn the_split_follows_the_seed_unless_split_seed_says_otherwise() {
+        let parse = |extra: &[&str]| {
+            TrainArgs::try_parse_from(["mnister-train"].iter().chain(extra)).unwrap()
+        };
+        assert_eq!(parse(&[]).split_seed(), 42);
+        assert_eq!(parse(&["--seed", "7"]).split_seed(), 7);
+        let member = parse(&["--seed", "7", "--split-seed", "42"]);
+        assert_eq!((member.seed, member.split_seed()), (7, 42));
+    }
+
+    #[test]
     fn soup_parts_parse_and_bad_ones_say_what_is_accepted() {
         let p: SoupPart = "runs/a/model.onnx=0.25".parse().unwrap();
         assert_eq!(p.path, PathBuf::from("runs/a/model.onnx"));

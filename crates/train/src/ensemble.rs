@@ -437,11 +437,7 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
         &parity,
     )?;
     report.wall_seconds = started.elapsed().as_secs_f64();
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("report.md"), run::markdown(&report))?;
+    run::write_report(&args.out, &report)?;
     Ok(report)
 }
 

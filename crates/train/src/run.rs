@@ -298,12 +298,15 @@ pub fn run(args: &TrainArgs, stop: &AtomicBool) -> Result<Report> {
         &|probs, images| evaluate::parity(&outcome.best, probs, images),
     )?;
     report.wall_seconds = started.elapsed().as_secs_f64();
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("report.md"), markdown(&report))?;
+    write_report(&args.out, &report)?;
     Ok(report)
+}
+
+/// report.json and report.md in `out`.
+pub fn write_report(out: &Path, report: &Report) -> Result<()> {
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(out.join("report.md"), markdown(report))?;
+    Ok(())
 }
 
 /// Where the report stage writes and what it reads besides the model.
@@ -313,8 +316,8 @@ pub struct Stage<'a> {
     /// Also copy the final model (and its int8 twin) here.
     pub export: Option<&'a Path>,
     pub int8: bool,
-    /// The validation split the model held out, as `--seed` and
-    /// `--val-size` chose it: the calibration set comes from it.
+    /// The validation split the model held out, as `--split-seed` (or
+    /// `--seed`) and `--val-size` chose it: the calibration set comes from it.
     pub split_seed: u64,
     pub val_size: usize,
     pub test_limit: Option<usize>,
@@ -471,7 +474,7 @@ pub fn finish(
         &stage.out.join("errors.png"),
         "test",
         &report.test.errors,
-        &test_images,
+        test_images,
     )?;
     Ok(())
 }
