@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use mnister_core::backend::{Backend, ModelFile};
 use mnister_core::backend::ort::{OrtBackend, init_runtime};
+use mnister_core::backend::{Backend, ModelFile};
 use mnister_core::preprocess::normalize_mnist;
 use mnister_train::ensemble::{EnsembleArgs, run};
 use mnister_train::onnx::ModelProto;
