@@ -218,6 +218,10 @@ pub struct Calibration {
     /// pooled clean and field validation digits under one target).
     #[serde(default)]
     pub field_risk_factor: Option<f64>,
+    /// Validation digits left out because a blind review found their label
+    /// wrong (`label_review`). Absent in reports made before the review.
+    #[serde(default)]
+    pub label_errors_left_out: Option<usize>,
     /// Validation first, then MNIST test, then every field row.
     pub sets: Vec<SetCalibration>,
     /// Each validation group alone: the threshold its own bar would need
@@ -345,6 +349,7 @@ pub fn calibrate(val: &Validation, sets: &[(String, Vec<f32>, Vec<u8>)]) -> Cali
         targets: TARGETS.to_vec(),
         thresholds,
         field_risk_factor: Some(FIELD_RISK_FACTOR),
+        label_errors_left_out: None,
         sets: out,
         needs,
     }

@@ -15,6 +15,7 @@ pub mod field;
 pub mod fit;
 mod graph;
 pub mod import;
+pub mod label_review;
 pub mod model;
 pub mod nondigit;
 pub mod onnx;

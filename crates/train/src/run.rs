@@ -18,7 +18,7 @@ use crate::evaluate::{self, FieldResult, Parity, RobustnessTable, TestMetrics};
 use crate::fit::{self, EpochStats};
 use crate::nondigit::{self, NonDigit, NonDigitRow};
 use crate::robustness::{self, RobustnessRow, Variant};
-use crate::{data, export, model::Cnn, report};
+use crate::{data, export, label_review, model::Cnn, report};
 use mnister_core::backend::Backend;
 use mnister_core::backend::ort::{init_runtime, open_model};
 use mnister_core::idx::{Dataset, Split, load_mnist};
@@ -368,7 +368,7 @@ pub fn finish(
 
     // Confidence: one temperature and the reject thresholds, fitted on the
     // validation digits as they are and as the field rows render them.
-    let (val_probs, val_labels, per_form) = calibration_set(&mut backend, train, val)?;
+    let (val_probs, val_labels, clean, per_form) = calibration_set(&mut backend, train, val)?;
     let mut sets = vec![(
         "MNIST test".to_string(),
         probs.clone(),
@@ -383,17 +383,18 @@ pub fn finish(
         .iter()
         .map(|r| r.name())
         .collect();
-    let cal = calibrate::calibrate(
+    let mut cal = calibrate::calibrate(
         &calibrate::Validation {
             name: "validation (clean + field renderings)",
             probs: &val_probs,
             labels: &val_labels,
-            clean: val.len(),
+            clean,
             per_form,
             forms: &forms,
         },
         &sets,
     );
+    cal.label_errors_left_out = Some(val.len() - clean);
     let t = cal.temperature;
     calibrate::reliability_diagram(
         &stage.out.join("reliability-validation.png"),
@@ -506,12 +507,16 @@ fn calibration_set(
     backend: &mut dyn Backend,
     train: &Dataset,
     val: &[usize],
-) -> Result<(Vec<f32>, Vec<u8>, usize)> {
+) -> Result<(Vec<f32>, Vec<u8>, usize, usize)> {
+    // The sample is drawn before the reviewed label errors are left out,
+    // so the review changes nothing but those images.
+    let sample = data::stratified_subset(val, &train.labels, 2000.min(val.len()), FIELD_SEED);
+    let (val, _) = label_review::without_mislabeled(val);
+    let (sample, _) = label_review::without_mislabeled(&sample);
     let images: Vec<MnistImage> = val.iter().map(|&i| data::image(train, i)).collect();
     let labels: Vec<u8> = val.iter().map(|&i| train.labels[i]).collect();
     let mut probs = evaluate::predict(backend, &images)?;
     let mut all_labels = labels.clone();
-    let sample = data::stratified_subset(val, &train.labels, 2000.min(val.len()), FIELD_SEED);
     let digits: Vec<[u8; PIXELS]> = sample
         .iter()
         .map(|&i| train.images.image(i).try_into().expect("784 values"))
@@ -528,7 +533,7 @@ fn calibration_set(
         probs.extend(s.probs);
         all_labels.extend_from_slice(&sample_labels);
     }
-    Ok((probs, all_labels, sample.len()))
+    Ok((probs, all_labels, val.len(), sample.len()))
 }
 
 /// Images per non-digit set.
@@ -748,6 +753,12 @@ pub fn markdown(r: &Report) -> String {
                 " (the lowest at which the clean validation digits keep the target and each field rendering of them keeps 1 − {k}×(1 − target): 99.5% for 99.9%)"
             ))
         );
+        if let Some(n) = c.label_errors_left_out {
+            let _ = writeln!(
+                s,
+                "Left out of the validation digits: {n} whose label a blind review by eye found wrong (`crates/train/data/label-review.csv`, `docs/model/label-review/`).\n"
+            );
+        }
         let mut head = String::from("| set | ECE before | ECE after |");
         let mut line = String::from("|---|---|---|");
         for (target, th) in c.targets.iter().zip(&c.thresholds) {

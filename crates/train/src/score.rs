@@ -51,7 +51,8 @@ pub struct EvaluateArgs {
     /// Score the trainer's validation split (the 12,000 images a run holds
     /// out of MNIST train, as `--val-size` and `--split-seed` pick them)
     /// instead of MNIST test: for choosing between model files without
-    /// looking at the test set.
+    /// looking at the test set. Reviewed label errors are left out, as in
+    /// the report's calibration.
     #[arg(long)]
     pub validation: bool,
 
@@ -147,10 +148,15 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
         );
     }
     let env = init_runtime(args.ort_lib.as_deref())?;
+    // As in the report's calibration, validation leaves out the labels a
+    // blind review found wrong.
+    let mut left_out = 0;
     let (set, indices): (_, Vec<usize>) = if args.validation {
         let train = load_mnist(&args.data_dir, Split::Train)?;
         let split = stratified_split(&train.labels, args.val_size, args.split_seed);
-        (train, split.val)
+        let (val, dropped) = crate::label_review::without_mislabeled(&split.val);
+        left_out = dropped;
+        (train, val)
     } else {
         let test = load_mnist(&args.data_dir, Split::Test)?;
         let n = test.len();
@@ -213,7 +219,7 @@ pub fn run(args: &EvaluateArgs) -> Result<Vec<ModelScores>> {
             mnist_test: right as f64 / n.max(1) as f64,
             set: if args.validation {
                 format!(
-                    "validation ({} of MNIST train, seed {})",
+                    "validation ({} of MNIST train, seed {}, {left_out} reviewed label errors left out)",
                     n, args.split_seed
                 )
             } else {
