@@ -58,10 +58,10 @@ fn floor(row: FieldRow) -> usize {
         FieldRow::Scan8x8Grey17 => 289,     // [295]
         FieldRow::Scan16Grey => 295,        // [300]
         FieldRow::Scan16Binary => 294,      // [299]
-        FieldRow::Scan32Binary => 292,      // [297]
-        FieldRow::Stretched16Binary => 284, // [290]
-        FieldRow::ThinPen => 292,           // [297]
-        FieldRow::ThickMarker => 284,       // [290]
+        FieldRow::Scan32Binary => 294,      // [299]
+        FieldRow::Stretched16Binary => 286, // [292]
+        FieldRow::ThinPen => 293,           // [298]
+        FieldRow::ThickMarker => 285,       // [291]
         FieldRow::Photo => 294,             // [300]
     }
 }

@@ -688,30 +688,41 @@ pub fn markdown(r: &Report) -> String {
         r.test.errors.len()
     );
     let _ = writeln!(s, "| MNIST test loss | {:.4} |", r.test.loss);
-    let _ = writeln!(
-        s,
-        "| validation accuracy (best epoch {}) | {} ({} images) |",
-        r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
-        pct(r.val_accuracy),
-        r.val_images
-    );
-    let _ = writeln!(
-        s,
-        "| epochs trained | {}{} |",
-        r.epochs_trained,
-        if r.interrupted { " (interrupted)" } else { "" }
-    );
-    let _ = writeln!(
-        s,
-        "| training time | {:.1} min at {:.0} img/s |",
-        r.train_seconds / 60.0,
-        r.train_images_per_second
-    );
+    // An ensemble was not trained: its members were, each with its own report.
+    let ensemble = r.architecture.starts_with("ensemble");
+    if ensemble {
+        let _ = writeln!(
+            s,
+            "| validation accuracy | {} ({} images) |",
+            pct(r.val_accuracy),
+            r.val_images
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "| validation accuracy (best epoch {}) | {} ({} images) |",
+            r.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+            pct(r.val_accuracy),
+            r.val_images
+        );
+        let _ = writeln!(
+            s,
+            "| epochs trained | {}{} |",
+            r.epochs_trained,
+            if r.interrupted { " (interrupted)" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "| training time | {:.1} min at {:.0} img/s |",
+            r.train_seconds / 60.0,
+            r.train_images_per_second
+        );
+    }
     let _ = writeln!(
         s,
         "| ORT vs {} parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
         // An ensemble's reference is its members, run one by one.
-        if r.architecture.starts_with("ensemble") {
+        if ensemble {
             "members"
         } else {
             "burn"
