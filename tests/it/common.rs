@@ -47,6 +47,13 @@ pub fn default_model() -> PathBuf {
     root().join("models/mnist-cnn.onnx")
 }
 
+/// One trained network, for tests that edit a network's layers by name: the
+/// default model is an ensemble whose members' layers carry prefixes. This
+/// is the default's third member, committed as its own fp32 file.
+pub fn single_network_model() -> PathBuf {
+    root().join("docs/model/ensemble-run/member2.onnx")
+}
+
 /// The committed MNIST sample's test set (2,000 images), read once.
 pub fn test_set() -> &'static Dataset {
     static SET: std::sync::OnceLock<Dataset> = std::sync::OnceLock::new();

@@ -13,13 +13,13 @@ use mnister_train::ensemble::{EnsembleArgs, run};
 use mnister_train::onnx::ModelProto;
 use prost::Message;
 
-use crate::common::{default_model, model_file, root, test_set};
+use crate::common::{model_file, root, single_network_model, test_set};
 
-/// The committed fp32 model, its metadata saying it held out `val_size`
+/// A committed fp32 network, its metadata saying it held out `val_size`
 /// images, and its logits multiplied by `scale` (the last Gemm's weights
 /// and bias): a second member that is the first one, `scale` times as sure.
 fn member(dir: &Path, name: &str, val_size: usize, scale: f32) -> PathBuf {
-    let bytes = std::fs::read(default_model()).unwrap();
+    let bytes = std::fs::read(single_network_model()).unwrap();
     let mut m = ModelProto::decode(&bytes[..]).unwrap();
     for p in &mut m.metadata_props {
         if p.key == "train.val_size" {

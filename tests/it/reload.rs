@@ -220,19 +220,20 @@ async fn admin_rpc_is_off_unless_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_fails_the_golden_digits_never_serves() {
     // The model of a 1-epoch smoke run would; an untrained one cannot. Make
-    // one by zeroing the last layer's weights: every answer is the same digit.
+    // one by zeroing the last layer's weights (every member's, in an
+    // ensemble): every answer is the same digit.
     let mut m =
         mnister_train::onnx::ModelProto::decode(&std::fs::read(default_model()).unwrap()[..])
             .unwrap();
     for t in &mut m.graph.as_mut().unwrap().initializer {
-        if t.name == "fc2.weight" {
+        if t.name.ends_with("fc2.weight") {
             t.raw_data.iter_mut().for_each(|b| *b = 0);
         }
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("broken.onnx");
     std::fs::write(&p, m.encode_to_vec()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mnister-server"))
+    let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_mnister-server"))
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
@@ -243,8 +244,21 @@ async fn a_model_that_fails_the_golden_digits_never_serves() {
             "--model",
         ])
         .arg(&p)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A server that accepted the model would serve until killed: fail
+    // instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while out.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            out.kill().unwrap();
+            panic!("the server started serving a model that fails the golden digits");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = out.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("golden digits"), "{err}");
