@@ -87,9 +87,9 @@ pub struct ServerArgs {
     pub auth_token_file: Option<PathBuf>,
 
     /// Largest batch handed to ONNX Runtime. Per-image cost is flat from
-    /// batch 2 on for this model, so a small cap loses no throughput and
-    /// bounds how long a call waits behind another's batch
-    /// (docs/benchmarks.md, "Flags").
+    /// batch 4–8 on for the default model, so a small cap loses little
+    /// throughput and bounds how long a call waits behind another's batch;
+    /// 8 suits interactive calls beside bulk streams (docs/operations.md).
     #[arg(long, env = "MNISTER_MAX_BATCH_SIZE", default_value_t = 16)]
     pub max_batch_size: usize,
 

@@ -722,11 +722,7 @@ pub fn markdown(r: &Report) -> String {
         s,
         "| ORT vs {} parity | max abs diff {:.2e}, argmax agreement {} on {} images |",
         // An ensemble's reference is its members, run one by one.
-        if ensemble {
-            "members"
-        } else {
-            "burn"
-        },
+        if ensemble { "members" } else { "burn" },
         r.parity.max_abs_diff,
         pct(r.parity.argmax_agreement),
         r.parity.images
