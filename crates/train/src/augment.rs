@@ -367,25 +367,79 @@ fn fill_square(src: &[f32], side: usize) -> Vec<f32> {
 /// so that the model answers them with low confidence and the reject
 /// option catches them. The outliers are drawn here from MNIST's training
 /// digits and random curves, by generators apart from the report's
-/// non-digit sets (`nondigit.rs`); letters are never trained on.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+/// non-digit sets (`nondigit.rs`), and, with `--outlier-fonts`, from
+/// letters of fonts other than the report's DejaVu, so that its letter set
+/// stays a held-out check.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct OutlierExposure {
     /// Outliers per digit in a batch (0.125: 16 for a batch of 128).
     pub share: f32,
     /// Weight of their loss against the digits' cross-entropy.
     pub weight: f32,
+    /// Fonts whose letters (digit-like ones left out) are a third of the
+    /// outliers; none: pairs and curves only.
+    #[serde(skip)]
+    pub fonts: Option<&'static [ab_glyph::FontVec]>,
+}
+
+impl PartialEq for OutlierExposure {
+    fn eq(&self, other: &Self) -> bool {
+        self.share == other.share
+            && self.weight == other.weight
+            && self.fonts.map(<[_]>::len) == other.fonts.map(<[_]>::len)
+    }
+}
+
+/// Loads the letter fonts for outlier exposure. Refuses DejaVu: the
+/// report's letter set is drawn from it, and a model taught those glyphs
+/// would pass that check by having seen it.
+pub fn load_outlier_fonts(paths: &[std::path::PathBuf]) -> Result<Vec<ab_glyph::FontVec>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
+            if name.as_deref().is_some_and(|n| n.contains("dejavu")) {
+                return Err(format!(
+                    "--outlier-fonts: {} is a DejaVu font; the report's held-out letters are drawn from DejaVu, so train on another family (e.g. Liberation)",
+                    p.display()
+                ));
+            }
+            let bytes = std::fs::read(p)
+                .map_err(|e| format!("--outlier-fonts: reading {}: {e}", p.display()))?;
+            ab_glyph::FontVec::try_from_vec(bytes)
+                .map_err(|e| format!("--outlier-fonts: {} is not a TrueType/OpenType font: {e}", p.display()))
+        })
+        .collect()
 }
 
 impl OutlierExposure {
     /// One outlier after the serving preprocessing: two training digits
     /// side by side at a random gap and height, or a few random curves
-    /// (`pick` gives a training digit); None when the preprocessing would
-    /// refuse it.
+    /// (`pick` gives a training digit), or with fonts a letter; None when
+    /// the preprocessing would refuse it.
     pub fn render(
         &self,
         rng: &mut impl Rng,
         mut pick: impl FnMut(&mut dyn rand::RngCore) -> MnistImage,
     ) -> Option<MnistImage> {
+        if let Some(fonts) = self.fonts.filter(|f| !f.is_empty())
+            && rng.random_range(0..3) == 0
+        {
+            let letters = crate::nondigit::non_digit_like_letters();
+            let c = letters[rng.random_range(0..letters.len())];
+            let font = &fonts[rng.random_range(0..fonts.len())];
+            let mut page = crate::nondigit::draw_letter(font, c, rng);
+            if rng.random::<bool>() {
+                image::imageops::invert(&mut page);
+            }
+            let (w, h) = page.dimensions();
+            return mnister_core::preprocess::preprocess_gray(
+                w as usize,
+                h as usize,
+                page.as_raw(),
+            )
+            .ok();
+        }
         let (w, h, ink) = if rng.random::<bool>() {
             let (a, b) = (pick(&mut *rng), pick(&mut *rng));
             let gap = rng.random_range(0..8usize);
@@ -672,6 +726,64 @@ mod tests {
         let thick = morph_square(&big, CANVAS, CANVAS, 3, true);
         let thin = morph_square(&big, CANVAS, CANVAS, 3, false);
         assert!(ink(&thick) > ink(&big) && ink(&big) > ink(&thin) && ink(&thin) > 0);
+    }
+}
+
+#[cfg(test)]
+mod letter_outliers {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn dejavu_is_refused_as_an_outlier_font_and_junk_is_named() {
+        let e = load_outlier_fonts(&["/x/DejaVuSans.ttf".into()]).unwrap_err();
+        assert!(e.contains("DejaVu") && e.contains("Liberation"), "{e}");
+        let junk =
+            std::env::temp_dir().join(format!("mnister-not-a-font-{}.ttf", std::process::id()));
+        std::fs::write(&junk, b"not a font").unwrap();
+        let e = load_outlier_fonts(std::slice::from_ref(&junk)).unwrap_err();
+        std::fs::remove_file(&junk).unwrap();
+        assert!(e.contains("not a TrueType/OpenType font"), "{e}");
+    }
+
+    #[test]
+    fn a_third_of_the_outliers_are_letters_when_fonts_are_given() {
+        // DejaVu here only because it is the font at hand in a test; the
+        // trainer refuses it (above).
+        let font = ab_glyph::FontVec::try_from_vec(dejavu::sans::regular().to_vec()).unwrap();
+        let fonts: &'static [ab_glyph::FontVec] = Box::leak(vec![font].into_boxed_slice());
+        let blank = |_: &mut dyn rand::RngCore| [0f32; PIXELS];
+        let count = |oe: OutlierExposure| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            // Two blank digits side by side are refused by the
+            // preprocessing, so what renders is curves and letters.
+            (0..600)
+                .filter(|_| oe.render(&mut rng, blank).is_some())
+                .count()
+        };
+        let plain = OutlierExposure {
+            share: 0.1,
+            weight: 0.5,
+            fonts: None,
+        };
+        let with = OutlierExposure {
+            fonts: Some(fonts),
+            ..plain
+        };
+        let (a, b) = (count(plain), count(with));
+        // Curves are half of 600 without fonts; with fonts a third are
+        // letters and curves are half of the rest: 200 + 200.
+        assert!((240..=360).contains(&a), "{a}");
+        assert!((330..=470).contains(&b), "{b}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let page = crate::nondigit::draw_letter(&fonts[0], 'K', &mut rng);
+        let ink = page.pixels().filter(|p| p.0[0] < 128).count();
+        assert!(ink > 500, "a K in dark ink on the page: {ink} dark pixels");
+        assert!(
+            crate::nondigit::non_digit_like_letters()
+                .iter()
+                .all(|c| !crate::nondigit::DIGIT_LIKE.contains(*c))
+        );
     }
 }
 

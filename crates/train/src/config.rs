@@ -179,6 +179,14 @@ pub struct TrainArgs {
     #[serde(default)]
     pub outlier_weight: f32,
 
+    /// Font files (TTF/OTF) whose letters, digit-like ones left out, make a
+    /// third of the outliers, e.g. /usr/share/fonts/truetype/liberation/*.ttf
+    /// (Debian's fonts-liberation). DejaVu is refused: the report's
+    /// held-out letters come from it.
+    #[arg(long, env = "MNISTER_OUTLIER_FONTS", value_delimiter = ',')]
+    #[serde(default)]
+    pub outlier_fonts: Vec<PathBuf>,
+
     /// Ramp the augmentation strength up linearly over this many first epochs.
     #[arg(long, env = "MNISTER_AUG_WARMUP_EPOCHS", default_value_t = 0)]
     pub augment_warmup_epochs: usize,
@@ -236,11 +244,23 @@ impl TrainArgs {
     }
 
     /// Outlier exposure, unless off.
-    pub fn outliers(&self) -> Option<OutlierExposure> {
-        (self.outlier_share > 0.0).then_some(OutlierExposure {
+    /// Outlier exposure as configured, its fonts loaded (once per run; they
+    /// live as long as the process).
+    pub fn outliers(&self) -> Result<Option<OutlierExposure>, String> {
+        if self.outlier_share <= 0.0 {
+            return Ok(None);
+        }
+        let fonts = if self.outlier_fonts.is_empty() {
+            None
+        } else {
+            let loaded = crate::augment::load_outlier_fonts(&self.outlier_fonts)?;
+            Some(&*Box::leak(loaded.into_boxed_slice()))
+        };
+        Ok(Some(OutlierExposure {
             share: self.outlier_share,
             weight: self.outlier_weight,
-        })
+            fonts,
+        }))
     }
 
     pub fn augment(&self) -> Option<AugmentConfig> {
@@ -332,6 +352,11 @@ impl TrainArgs {
                 "--outlier-share must be in [0, 1] and --outlier-weight in [0, 10]; got {} and {}",
                 self.outlier_share, self.outlier_weight
             ));
+        }
+        if !self.outlier_fonts.is_empty() && self.outlier_share <= 0.0 {
+            problems.push(
+                "--outlier-fonts needs outlier exposure on (--outlier-share > 0)".to_string(),
+            );
         }
         if !(0.0..=1.0).contains(&self.augment_prob) {
             problems.push(format!(
@@ -472,6 +497,32 @@ mod tests {
         assert_eq!(parse(&["--seed", "7"]).split_seed(), 7);
         let member = parse(&["--seed", "7", "--split-seed", "42"]);
         assert_eq!((member.seed, member.split_seed()), (7, 42));
+    }
+
+    #[test]
+    fn outlier_fonts_need_outlier_exposure_and_refuse_dejavu() {
+        let parse = |extra: &[&str]| {
+            TrainArgs::try_parse_from(["mnister-train"].iter().chain(extra)).unwrap()
+        };
+        let e = parse(&["--outlier-fonts", "/x/LiberationSans-Regular.ttf"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--outlier-fonts needs outlier exposure"), "{e}");
+        let dejavu = parse(&[
+            "--outlier-share",
+            "0.1",
+            "--outlier-fonts",
+            "/x/DejaVuSerif.ttf",
+        ]);
+        assert!(dejavu.validate().is_ok());
+        let e = dejavu.outliers().unwrap_err();
+        assert!(e.contains("DejaVu"), "{e}");
+        let none = parse(&["--outlier-share", "0.1"])
+            .outliers()
+            .unwrap()
+            .unwrap();
+        assert!(none.fonts.is_none());
+        assert!(parse(&[]).outliers().unwrap().is_none());
     }
 
     #[test]

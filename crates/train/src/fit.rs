@@ -270,7 +270,7 @@ pub fn fit(args: &TrainArgs, ds: &Dataset, split: &Split, stop: &AtomicBool) -> 
     let val_labels: Vec<u8> = split.val.iter().map(|&i| ds.labels[i]).collect();
     let augment = args.augment();
     let field = args.field_augment();
-    let outliers = args.outliers();
+    let outliers = args.outliers().map_err(anyhow::Error::msg)?;
     let steps_per_epoch = train_idx.len().div_ceil(args.batch_size);
     let total_steps = steps_per_epoch * args.epochs;
     let loss_fn = CrossEntropyLossConfig::new()

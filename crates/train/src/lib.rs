@@ -8,6 +8,7 @@ pub mod augment;
 pub mod calibrate;
 pub mod config;
 pub mod data;
+pub mod dump;
 pub mod ensemble;
 pub mod evaluate;
 pub mod export;

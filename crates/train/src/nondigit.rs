@@ -73,6 +73,13 @@ pub fn letter(c: char, index: usize, seed: u64) -> GrayImage {
     let fonts = fonts();
     let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let font = &fonts[rng.random_range(0..fonts.len())];
+    draw_letter(font, c, &mut rng)
+}
+
+/// `c` from `font` in dark ink on a white 280x280 page, its size and place
+/// drawn from `rng`. Shared by the report's letters (DejaVu) and the
+/// trainer's letter outliers (other fonts, `--outlier-fonts`).
+pub fn draw_letter(font: &impl Font, c: char, rng: &mut impl Rng) -> GrayImage {
     let size = rng.random_range(120.0..220.0);
     let mut page = GrayImage::from_pixel(280, 280, Luma([255]));
     let glyph = font
@@ -93,6 +100,15 @@ pub fn letter(c: char, index: usize, seed: u64) -> GrayImage {
         });
     }
     page
+}
+
+/// The letters that do not look like a digit: the only ones a model may be
+/// taught to refuse, since refusing an "O" would teach it to refuse a 0.
+pub fn non_digit_like_letters() -> Vec<char> {
+    letters()
+        .into_iter()
+        .filter(|c| !DIGIT_LIKE.contains(*c))
+        .collect()
 }
 
 /// One to three random strokes (polylines of 2-5 points) with a 6-14 px pen.

@@ -503,7 +503,7 @@ pub const CANDIDATE: &str = "candidate.onnx";
 /// row's rendering of a stratified sample of them (seeded apart from the
 /// test renderings). Returns (probabilities, labels, images per field
 /// form), the clean digits first.
-fn calibration_set(
+pub fn calibration_set(
     backend: &mut dyn Backend,
     train: &Dataset,
     val: &[usize],
@@ -537,7 +537,7 @@ fn calibration_set(
 }
 
 /// Images per non-digit set.
-const NONDIGIT_IMAGES: usize = 1000;
+pub const NONDIGIT_IMAGES: usize = 1000;
 
 /// Each non-digit set through the serving path: the share each threshold of
 /// `cal` keeps from being answered as a digit.

@@ -1,5 +1,6 @@
 //! `mnister-train`: trains the digit model, exports ONNX, writes the report.
 //! `mnister-train quantize`: writes a calibrated int8 copy of an fp32 model.
+//! `mnister-train dump-sets`: writes the report's inputs as .npy for study.
 //! `mnister-train ensemble`: merges trained models into one and reports it.
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use clap::Parser;
 use mnister_train::config::TrainArgs;
+use mnister_train::dump::{self, DumpArgs};
 use mnister_train::ensemble::{self, EnsembleArgs};
 use mnister_train::quantize::{self, QuantizeArgs};
 use mnister_train::run;
@@ -35,6 +37,14 @@ fn main() -> Result<()> {
             std::iter::once("mnister-train evaluate".to_string()).chain(std::env::args().skip(2)),
         );
         print!("{}", score::markdown(&score::run(&args)?));
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("dump-sets") {
+        let args = DumpArgs::parse_from(
+            std::iter::once("mnister-train dump-sets".to_string()).chain(std::env::args().skip(2)),
+        );
+        let manifest = dump::run(&args)?;
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
         return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("ensemble") {
