@@ -146,3 +146,95 @@ fn members_must_share_their_validation_split_and_be_fp32() {
         .to_string();
     assert!(err.contains("positive"), "{err}");
 }
+
+#[test]
+fn a_gate_member_flattens_what_it_is_unsure_of_and_never_changes_the_argmax() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = member(dir.path(), "a.onnx", 400, 1.0);
+    // The gate: the same network, five times less sure, so its entropy
+    // varies over the digits.
+    let b = member(dir.path(), "b.onnx", 400, 0.2);
+    let out = dir.path().join("ens");
+    // Half the clean validation digits pass the gate more than half open.
+    let report = run(&args(
+        &out,
+        &[&a, &b],
+        &[
+            "--gate",
+            "2",
+            "--gate-keep",
+            "0.5",
+            "--test-limit",
+            "400",
+            "--int8",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(report.parity.argmax_agreement, 1.0);
+    assert!(report.parity.max_abs_diff < 1e-4, "{:?}", report.parity);
+    assert!(out.join("model.int8.onnx").is_file());
+    let gate = &report.args["gate"];
+    assert_eq!(gate["member"], 2);
+    let (h0, k) = (
+        gate["entropy"].as_f64().unwrap() as f32,
+        gate["steepness"].as_f64().unwrap() as f32,
+    );
+    assert!(h0 > 0.0 && h0 < 10f32.ln(), "{gate}");
+    let t = report.calibration.as_ref().unwrap().temperature;
+
+    // Served: softmax(ln(open · (softmax(0.6 z) − 0.1) + 0.1) / T), where
+    // z = ln p_a, shares 1:1 give 0.5 · z + 0.5 · 0.2 z = 0.6 z, and open is
+    // sigmoid(k · (h0 − H(softmax(0.2 z)))).
+    let file = model_file(&out.join("model.onnx"));
+    assert_eq!(file.metadata["train.gate"], gate.to_string());
+    let ds = test_set();
+    let flat: Vec<f32> = (0..300)
+        .flat_map(|i| normalize_mnist(ds.images.image(i)).unwrap())
+        .collect();
+    let pa = probabilities(&model_file(&a), &flat);
+    let got = probabilities(&file, &flat);
+    let softmax = |z: Vec<f32>| {
+        let max = z.iter().cloned().fold(f32::MIN, f32::max);
+        let e: Vec<f32> = z.iter().map(|v| (v - max).exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect::<Vec<f32>>()
+    };
+    let (mut worst, mut flattened) = (0f32, 0);
+    for (p, served) in pa.chunks(10).zip(got.chunks(10)) {
+        let z: Vec<f32> = p.iter().map(|v| v.max(1e-30).ln()).collect();
+        let pooled = softmax(z.iter().map(|v| 0.6 * v).collect());
+        let q = softmax(z.iter().map(|v| 0.2 * v).collect());
+        let h: f32 = -q.iter().map(|v| v * v.max(1e-30).ln()).sum::<f32>();
+        let open = 1.0 / (1.0 + (-k * (h0 - h)).exp());
+        let want = softmax(
+            pooled
+                .iter()
+                .map(|v| (open * (v - 0.1) + 0.1).max(1e-30).ln() / t)
+                .collect(),
+        );
+        for (w, s) in want.iter().zip(served) {
+            worst = worst.max((w - s).abs());
+        }
+        let top = |v: &[f32]| mnister_core::backend::argmax(v);
+        assert_eq!(top(served), top(p), "the gate never changes the answer");
+        flattened += usize::from(open < 0.5);
+    }
+    assert!(worst < 1e-4, "largest difference {worst}");
+    assert!(
+        (30..=270).contains(&flattened),
+        "the gate closes on some digits and not on others: {flattened} of 300"
+    );
+
+    for (extra, says) in [
+        (&["--gate", "3"][..], "position in the member list, 1 to 2"),
+        (
+            &["--gate", "1", "--gate-keep", "1.0"][..],
+            "--gate-keep must be in",
+        ),
+    ] {
+        let err = run(&args(&dir.path().join("bad"), &[&a, &b], extra))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}

@@ -58,6 +58,24 @@ pub struct EnsembleArgs {
     #[arg(long, env = "MNIST_DIR", default_value = "data/mnist")]
     pub data_dir: PathBuf,
 
+    /// Gate the answer by one member's entropy (its 1-based position in the
+    /// member list; a member trained with outlier exposure): where that
+    /// member is flat, the answer is mixed towards the uniform distribution,
+    /// so a non-digit gets a low confidence even when the other members are
+    /// sure of it. A log-linear pool cannot do that: a flat member adds the
+    /// same constant to every class.
+    #[arg(long)]
+    pub gate: Option<usize>,
+
+    /// Share of the clean validation digits the gate lets through: it is
+    /// half open at their `gate_keep` quantile of the gate member's entropy.
+    #[arg(long, default_value_t = 0.999)]
+    pub gate_keep: f64,
+
+    /// How sharply the gate closes, per nat of entropy.
+    #[arg(long, default_value_t = 8.0)]
+    pub gate_steepness: f32,
+
     /// Also write an int8 twin (model.int8.onnx), as the trainer's --int8.
     #[arg(long)]
     pub int8: bool,
@@ -205,14 +223,65 @@ pub fn shares(weights: &[f32], n: usize) -> Result<Vec<f32>> {
     Ok(weights.iter().map(|w| w / sum).collect())
 }
 
+/// The not-a-digit gate (`--gate`): the answer becomes
+/// `open · p + (1 − open) / 10`, with `open = sigmoid(steepness · (entropy −
+/// H))` and H the gate member's entropy. The argmax never changes; only
+/// how sure the answer is.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Gate {
+    /// Index into the members (0-based).
+    pub member: usize,
+    /// The entropy, in nats, at which the gate is half open.
+    pub entropy: f32,
+    /// Per nat.
+    pub steepness: f32,
+}
+
+impl Gate {
+    /// How open the gate is for a gate-member answer `q`.
+    pub fn open(&self, q: &[f32]) -> f32 {
+        let h: f32 = -q.iter().map(|&v| v * v.max(1e-30).ln()).sum::<f32>();
+        1.0 / (1.0 + (-self.steepness * (self.entropy - h)).exp())
+    }
+
+    /// `p` mixed towards uniform by `open`.
+    pub fn apply(open: f32, p: &mut [f32]) {
+        for v in p {
+            *v = open * (*v - 0.1) + 0.1;
+        }
+    }
+}
+
+/// The entropy at which the gate is half open: the `keep` quantile of the
+/// gate member's entropy over `probs` (clean validation digits).
+pub fn gate_entropy(probs: &[f32], keep: f64) -> Result<f32> {
+    ensure!(
+        (0.5..1.0).contains(&keep),
+        "--gate-keep must be in [0.5, 1), the share of clean digits the gate lets through; got {keep}"
+    );
+    let mut h: Vec<f32> = probs
+        .chunks_exact(10)
+        .map(|q| -q.iter().map(|&v| v * v.max(1e-30).ln()).sum::<f32>())
+        .collect();
+    ensure!(!h.is_empty(), "no validation digits to place the gate on");
+    h.sort_by(f32::total_cmp);
+    let i = ((keep * h.len() as f64).ceil() as usize).clamp(1, h.len()) - 1;
+    Ok(h[i])
+}
+
 /// The merged graph: every member under the prefix `m{i}/`, its logits
-/// times `share / temperature`, summed, one softmax.
+/// times `share / temperature`, summed, one softmax. With a gate, the
+/// temperature moves after it: logits times share, softmax, the gate's mix,
+/// then log / temperature and a last softmax, so that the served answer is
+/// what the report's calibration computed (`calibrate::with_temperature`).
 pub fn merge(
     members: &[Member],
     shares: &[f32],
     temperature: f32,
     metadata: &BTreeMap<String, String>,
+    gate: Option<&Gate>,
 ) -> ModelProto {
+    let scale = if gate.is_some() { 1.0 } else { temperature };
     let mut nodes: Vec<NodeProto> = Vec::new();
     let mut inits = Vec::new();
     let mut scaled = Vec::new();
@@ -238,19 +307,29 @@ pub fn merge(
             n
         }));
         let (k, out) = (format!("m{i}/share"), format!("m{i}/scaled"));
-        inits.push(f32_tensor(&k, &[], &[share / temperature]));
+        inits.push(f32_tensor(&k, &[], &[share / scale]));
         nodes.push(node("Mul", &out, &[&name(&m.logits), &k], &out, vec![]));
         scaled.push(out);
     }
     let refs: Vec<&str> = scaled.iter().map(String::as_str).collect();
     nodes.push(node("Sum", "logits", &refs, "logits", vec![]));
-    nodes.push(node(
-        "Softmax",
-        "softmax",
-        &["logits"],
-        OUTPUT,
-        vec![int("axis", 1)],
-    ));
+    if let Some(g) = gate {
+        gate_nodes(
+            &mut nodes,
+            &mut inits,
+            g,
+            &format!("m{}/{}", g.member, members[g.member].logits),
+            temperature,
+        );
+    } else {
+        nodes.push(node(
+            "Softmax",
+            "softmax",
+            &["logits"],
+            OUTPUT,
+            vec![int("axis", 1)],
+        ));
+    }
     ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
@@ -284,6 +363,71 @@ pub fn merge(
     }
 }
 
+/// The gate's nodes after the summed `logits`: the pooled softmax, the
+/// gate member's entropy from its own `gate_logits`, the mix towards
+/// uniform, then log / temperature and the output softmax.
+fn gate_nodes(
+    nodes: &mut Vec<NodeProto>,
+    inits: &mut Vec<crate::onnx::TensorProto>,
+    g: &Gate,
+    gate_logits: &str,
+    temperature: f32,
+) {
+    let c = |inits: &mut Vec<crate::onnx::TensorProto>, name: &str, v: f32| {
+        inits.push(f32_tensor(name, &[], &[v]));
+    };
+    c(inits, "gate/steepness", g.steepness);
+    c(inits, "gate/offset", g.steepness * g.entropy);
+    c(inits, "gate/uniform", 0.1);
+    c(inits, "gate/floor", 1e-30);
+    c(inits, "gate/inv_temperature", 1.0 / temperature);
+    inits.push(crate::graph::raw_tensor(
+        "gate/axes",
+        &[1],
+        crate::onnx::tensor_proto::DataType::Int64,
+        1i64.to_le_bytes().to_vec(),
+    ));
+    let axis = || vec![int("axis", 1)];
+    let mut n =
+        |op: &str, out: &str, ins: &[&str], attrs| nodes.push(node(op, out, ins, out, attrs));
+    n("Softmax", "pooled", &["logits"], axis());
+    n("Softmax", "gate/q", &[gate_logits], axis());
+    n("LogSoftmax", "gate/log_q", &[gate_logits], axis());
+    n("Mul", "gate/q_log_q", &["gate/q", "gate/log_q"], vec![]);
+    // Sum of q log q: minus the entropy, one per image ([N,1]).
+    n(
+        "ReduceSum",
+        "gate/neg_entropy",
+        &["gate/q_log_q", "gate/axes"],
+        vec![int("keepdims", 1)],
+    );
+    n(
+        "Mul",
+        "gate/k_neg_entropy",
+        &["gate/neg_entropy", "gate/steepness"],
+        vec![],
+    );
+    n(
+        "Add",
+        "gate/z",
+        &["gate/k_neg_entropy", "gate/offset"],
+        vec![],
+    );
+    n("Sigmoid", "gate/open", &["gate/z"], vec![]);
+    n("Sub", "gate/centred", &["pooled", "gate/uniform"], vec![]);
+    n("Mul", "gate/shrunk", &["gate/centred", "gate/open"], vec![]);
+    n("Add", "gated", &["gate/shrunk", "gate/uniform"], vec![]);
+    n("Max", "gated_floor", &["gated", "gate/floor"], vec![]);
+    n("Log", "log_gated", &["gated_floor"], vec![]);
+    n(
+        "Mul",
+        "calibrated",
+        &["log_gated", "gate/inv_temperature"],
+        vec![],
+    );
+    nodes.push(node("Softmax", "softmax", &["calibrated"], OUTPUT, axis()));
+}
+
 /// The ensemble's probabilities computed apart from its graph: each member
 /// through ONNX Runtime on its own, log-probabilities mixed by share, one
 /// softmax. The merged graph must agree (the report's parity row).
@@ -291,18 +435,30 @@ fn reference_probs(
     env: &'static ort::environment::Environment,
     members: &[Member],
     shares: &[f32],
+    gate: Option<&Gate>,
     images: &[MnistImage],
 ) -> Result<Vec<f32>> {
     let mut mixed = vec![0f32; images.len() * 10];
-    for (m, share) in members.iter().zip(shares) {
+    let mut gate_probs = Vec::new();
+    for (i, (m, share)) in members.iter().zip(shares).enumerate() {
         let (_, mut b) = open_model(env, &m.path, m.proto.encode_to_vec(), 2)?;
-        for (acc, p) in mixed.iter_mut().zip(evaluate::predict(&mut b, images)?) {
+        let probs = evaluate::predict(&mut b, images)?;
+        for (acc, p) in mixed.iter_mut().zip(&probs) {
             // Log-probabilities differ from logits by one constant per image,
             // which the softmax drops because the shares sum to 1.
             *acc += share * p.max(f32::MIN_POSITIVE).ln();
         }
+        if gate.is_some_and(|g| g.member == i) {
+            gate_probs = probs;
+        }
     }
-    Ok(softmax_rows(&mixed))
+    let mut out = softmax_rows(&mixed);
+    if let Some(g) = gate {
+        for (p, q) in out.chunks_exact_mut(10).zip(gate_probs.chunks_exact(10)) {
+            Gate::apply(g.open(q), p);
+        }
+    }
+    Ok(out)
 }
 
 pub fn run(args: &EnsembleArgs) -> Result<Report> {
@@ -314,6 +470,13 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
         .collect::<Result<_>>()?;
     let shares = shares(&args.weights, members.len())?;
     let (split_seed, val_size) = common_split(&members)?;
+    if let Some(k) = args.gate {
+        ensure!(
+            (1..=members.len()).contains(&k),
+            "--gate {k}: give the gate member's position in the member list, 1 to {}",
+            members.len()
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let env = init_runtime(args.ort_lib.as_deref())?;
@@ -328,10 +491,28 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
     // Clean validation accuracy, as a training run reports its best epoch's.
     let val_images: Vec<MnistImage> = split.val.iter().map(|&i| data::image(&train, i)).collect();
     let val_labels: Vec<u8> = split.val.iter().map(|&i| train.labels[i]).collect();
+    // The gate is placed on the clean validation digits the calibration
+    // uses (reviewed label errors left out).
+    let gate = match args.gate {
+        Some(k) => {
+            let (clean, _) = crate::label_review::without_mislabeled(&split.val);
+            let images: Vec<MnistImage> = clean.iter().map(|&i| data::image(&train, i)).collect();
+            let m = &members[k - 1];
+            let (_, mut b) = open_model(env, &m.path, m.proto.encode_to_vec(), 2)?;
+            let g = Gate {
+                member: k - 1,
+                entropy: gate_entropy(&evaluate::predict(&mut b, &images)?, args.gate_keep)?,
+                steepness: args.gate_steepness,
+            };
+            tracing::info!(member = k, entropy = g.entropy, "gate placed");
+            Some(g)
+        }
+        None => None,
+    };
     let (_, mut b) = open_model(
         env,
         &args.out.join("model.onnx"),
-        merge(&members, &shares, 1.0, &BTreeMap::new()).encode_to_vec(),
+        merge(&members, &shares, 1.0, &BTreeMap::new(), gate.as_ref()).encode_to_vec(),
         2,
     )?;
     let val_probs = evaluate::predict(&mut b, &val_images)?;
@@ -401,6 +582,17 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
         onnx_sha256: String::new(),
         wall_seconds: 0.0,
     };
+    if let (Some(g), Some(a)) = (gate, report.args.as_object_mut()) {
+        a.insert(
+            "gate".into(),
+            serde_json::json!({
+                "member": g.member + 1,
+                "entropy": g.entropy,
+                "steepness": g.steepness,
+                "keep": args.gate_keep,
+            }),
+        );
+    }
     let stage = Stage {
         out: &args.out,
         data_dir: &args.data_dir,
@@ -413,7 +605,7 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
         version_prefix: "ensemble",
     };
     let parity = |probs: &[f32], images: &[MnistImage]| -> Parity {
-        match reference_probs(env, &members, &shares, images) {
+        match reference_probs(env, &members, &shares, gate.as_ref(), images) {
             Ok(reference) => evaluate::compare(&reference, probs),
             Err(e) => {
                 tracing::warn!(error = %e, "parity: a member could not be run on its own");
@@ -433,7 +625,7 @@ pub fn run(args: &EnsembleArgs) -> Result<Report> {
         &test_images,
         test_labels,
         &mut report,
-        &|meta, t| merge(&members, &shares, t, meta).encode_to_vec(),
+        &|meta, t| merge(&members, &shares, t, meta, gate.as_ref()).encode_to_vec(),
         &parity,
     )?;
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -469,7 +661,9 @@ mod tests {
     #[test]
     fn the_merge_keeps_every_member_apart_and_ends_in_one_softmax() {
         let m = [tiny(&[]), tiny(&[])];
-        let g = merge(&m, &[0.5, 0.5], 2.0, &BTreeMap::new()).graph.unwrap();
+        let g = merge(&m, &[0.5, 0.5], 2.0, &BTreeMap::new(), None)
+            .graph
+            .unwrap();
         let one = m[0].proto.graph.as_ref().unwrap();
         // Every member node but its softmax, a Mul per member, Sum, Softmax.
         assert_eq!(g.node.len(), 2 * (one.node.len() - 1) + 2 + 2);
@@ -501,6 +695,88 @@ mod tests {
         let share = g.initializer.iter().find(|t| t.name == "m1/share").unwrap();
         assert_eq!(crate::graph::floats(share).unwrap(), vec![0.25]);
         assert_eq!(g.node.last().unwrap().op_type, "Softmax");
+    }
+
+    #[test]
+    fn the_gate_opens_for_sure_answers_and_closes_on_flat_ones() {
+        let g = Gate {
+            member: 0,
+            entropy: 1.0,
+            steepness: 8.0,
+        };
+        let sure = [
+            0.991, 0.001, 0.001, 0.001, 0.001, 0.001, 0.001, 0.001, 0.001, 0.001,
+        ];
+        assert!(g.open(&sure) > 0.99);
+        assert!(
+            g.open(&[0.1; 10]) < 0.001,
+            "uniform: entropy ln 10 = 2.3 nats"
+        );
+        let mut p = [0.0, 0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        Gate::apply(0.5, &mut p);
+        assert!(
+            (p.iter().sum::<f32>() - 1.0).abs() < 1e-6,
+            "still a distribution"
+        );
+        assert!((p[1] - 0.5).abs() < 1e-6 && (p[0] - 0.05).abs() < 1e-6);
+        // The half-open entropy is the keep quantile of the digits' entropies.
+        let probs: Vec<f32> = (0..100)
+            .flat_map(|i| {
+                let top = 1.0 - i as f32 / 200.0;
+                let mut q = [(1.0 - top) / 9.0; 10];
+                q[0] = top;
+                q
+            })
+            .collect();
+        let h90 = gate_entropy(&probs, 0.9).unwrap();
+        let h50 = gate_entropy(&probs, 0.5).unwrap();
+        assert!(h50 < h90 && h90 < 10f32.ln(), "{h50} {h90}");
+        for bad in [0.2, 1.0, f64::NAN] {
+            assert!(gate_entropy(&probs, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_gated_merge_moves_the_temperature_after_the_gate() {
+        let m = [tiny(&[]), tiny(&[])];
+        let gate = Gate {
+            member: 1,
+            entropy: 0.7,
+            steepness: 8.0,
+        };
+        let g = merge(&m, &[0.5, 0.5], 2.0, &BTreeMap::new(), Some(&gate))
+            .graph
+            .unwrap();
+        let share = g.initializer.iter().find(|t| t.name == "m1/share").unwrap();
+        assert_eq!(
+            crate::graph::floats(share).unwrap(),
+            vec![0.5],
+            "no T inside"
+        );
+        let inv_t = g
+            .initializer
+            .iter()
+            .find(|t| t.name == "gate/inv_temperature")
+            .unwrap();
+        assert_eq!(crate::graph::floats(inv_t).unwrap(), vec![0.5]);
+        // The gate reads member 1's logits, and the output is one softmax.
+        let q = g.node.iter().find(|n| n.output[0] == "gate/q").unwrap();
+        assert!(q.input[0].starts_with("m1/"), "{:?}", q.input);
+        let last = g.node.last().unwrap();
+        assert_eq!(
+            (last.op_type.as_str(), last.output[0].as_str()),
+            ("Softmax", OUTPUT)
+        );
+        let mut outputs: Vec<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| &n.output)
+            .map(String::as_str)
+            .collect();
+        let n = outputs.len();
+        outputs.sort();
+        outputs.dedup();
+        assert_eq!(outputs.len(), n, "every tensor is written once");
     }
 
     #[test]
