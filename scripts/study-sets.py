@@ -170,7 +170,9 @@ def main():
     gate = None
     if a.gate:
         gp = member_probs(a.sets, a.gate, sets)
-        h0 = float(np.quantile(entropy(gp["validation"][:clean]), a.gate_keep))
+        # As `ensemble::gate_entropy`: the ceil(keep * n)-th smallest.
+        h = np.sort(entropy(gp["validation"][:clean]))
+        h0 = float(h[min(max(int(np.ceil(a.gate_keep * len(h))), 1), len(h)) - 1])
         gate = (gp, h0, a.gate_steepness)
 
     pv = mix(probs, shares, "validation", a.pool, gate)
