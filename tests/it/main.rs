@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod confidence;
 mod connections;
+mod dump;
 mod ensemble;
 mod faults;
 mod field;

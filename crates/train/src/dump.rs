@@ -36,6 +36,10 @@ pub struct DumpArgs {
     pub val_size: usize,
     #[arg(long, default_value_t = 42)]
     pub split_seed: u64,
+
+    /// Only the first N test images (and their field renderings).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
 }
 
 /// A backend that answers nothing and keeps what it was asked: the report's
@@ -126,13 +130,15 @@ pub fn run(args: &DumpArgs) -> Result<serde_json::Value> {
         "clean": clean, "per_form": per_form, "forms": forms}),
     );
 
-    let test_images: Vec<MnistImage> = (0..test.len()).map(|i| data::image(&test, i)).collect();
+    let n_test = args.test_limit.unwrap_or(test.len()).min(test.len());
+    let test_images: Vec<MnistImage> = (0..n_test).map(|i| data::image(&test, i)).collect();
+    let test_labels = &test.labels[..n_test];
     write_set(
         &args.out,
         "test",
         &test_images.concat(),
-        &test.labels,
-        &vec![true; test.len()],
+        test_labels,
+        &vec![true; n_test],
     )?;
     sets.push(serde_json::json!({"file": "test", "set": "MNIST test"}));
 
@@ -142,13 +148,13 @@ pub fn run(args: &DumpArgs) -> Result<serde_json::Value> {
         .collect();
     for (i, input) in FieldInput::all().into_iter().enumerate() {
         let mut rec = Recorder::default();
-        let s = evaluate::field_row(&mut rec, input, &digits, &test.labels, FIELD_SEED)?;
+        let s = evaluate::field_row(&mut rec, input, &digits, test_labels, FIELD_SEED)?;
         let file = format!("field{i:02}");
         write_set(
             &args.out,
             &file,
             &rec.inputs,
-            &test.labels,
+            test_labels,
             &kept_rows(&s.probs),
         )?;
         sets.push(serde_json::json!({"file": file, "set": input.name()}));
@@ -171,7 +177,7 @@ pub fn run(args: &DumpArgs) -> Result<serde_json::Value> {
         write_set(&args.out, &file, &x, &vec![255; images.len()], &kept)?;
         sets.push(serde_json::json!({"file": file, "set": kind.name(), "nondigit": true}));
     }
-    let manifest = serde_json::json!({ "split_seed": args.split_seed, "val_size": args.val_size,
+    let manifest = serde_json::json!({ "split_seed": args.split_seed, "val_size": args.val_size, "test_images": n_test,
         "field_seed": FIELD_SEED, "sets": sets });
     std::fs::write(
         args.out.join("manifest.json"),
