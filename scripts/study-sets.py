@@ -146,6 +146,32 @@ def mix(probs, shares, f, rule, gate=None):
     return p
 
 
+def explain(groups, th, val, pv, probs, paths, clean):
+    """What sets the 99.9% threshold, as the report's "What sets each
+    threshold" table (`calibrate::set_by`), and the clean validation mistakes
+    kept above the lowest threshold any group needs: when every member reads
+    them the same way, no share vector can push them under it."""
+    target = TARGETS[-1]
+    names = ["clean validation"] + list(val["forms"])
+    print("  what each validation group alone needs for 99.9% (clean) / 99.5% (forms):")
+    for i, (name, g) in enumerate(zip(names, groups)):
+        need = threshold_for_groups([g], target if i == 0 else 1 - FIELD_RISK_FACTOR * (1 - target))
+        c = g[0]
+        print(f"    {name:<24} needs {need or 0:.4f}  accuracy {g[1].mean():.2%}" + (f"  coverage at it {(c >= need).mean():.2%}" if need else ""))
+    if th is None:
+        return
+    y = val["y"][:clean]
+    c, a = pv[:clean].max(1), pv[:clean].argmax(1)
+    kept = np.nonzero((a != y) & (c >= th))[0]
+    kept = kept[np.argsort(-c[kept])]
+    allowed = (1 - target) * (c >= th).sum()
+    print(f"  clean validation mistakes kept at {th:.4f}: {len(kept)} (99.9% allows {allowed:.1f}); each member's answer / p(answer):")
+    for i in kept:
+        members = " ".join(f"{os.path.basename(m)[:14]}:{probs[j]['validation'][i].argmax()}/{probs[j]['validation'][i][a[i]]:.3f}" for j, m in enumerate(paths))
+        agree = sum(probs[j]["validation"][i].argmax() == a[i] for j in range(len(paths)))
+        print(f"    #{i:<5} label {y[i]} read {a[i]} at {c[i]:.4f}, {agree}/{len(paths)} members agree | {members}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sets", help="a folder written by `mnister-train dump-sets`")
@@ -155,6 +181,12 @@ def main():
     ap.add_argument("--gate-keep", type=float, default=0.999)
     ap.add_argument("--gate-steepness", type=float, default=8.0, help="per nat of entropy")
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="print what sets the 99.9%% threshold: each validation group's own need, and the clean "
+        "validation mistakes kept above it with every member's reading",
+    )
     a = ap.parse_args()
 
     sets = load_sets(a.sets)
@@ -183,7 +215,9 @@ def main():
     groups = [(pv[s:e].max(1), pv[s:e].argmax(1) == yv[s:e]) for s, e in bounds]
     ths = [threshold_for_groups(groups, target) for target in TARGETS]
     out = dict(temperature=t, thresholds=ths, gate_entropy=gate[1] if gate else None, rows={})
-    print(f"T {t:.3f}  thresholds " + "  ".join(f"{x:.0%}: {th:.4f}" if th else f"{x:.0%}: none" for x, th in zip(TARGETS, ths)))
+    print(f"T {t:.3f}  thresholds " + "  ".join(f"{x:.1%}: {th:.4f}" if th else f"{x:.1%}: none" for x, th in zip(TARGETS, ths)))
+    if a.explain:
+        explain(groups, ths[-1], val, pv, probs, paths, clean)
     for f, s in sets.items():
         if f == "validation":
             continue
